@@ -1,0 +1,42 @@
+"""Every error the engine raises on purpose. Each message names the bad value."""
+from __future__ import annotations
+
+
+class ForesightError(Exception):
+    """Base of all foresight-engine errors."""
+
+
+class ConfigError(ForesightError, ValueError):
+    """A config value is invalid or inconsistent."""
+
+
+class UnknownPresetError(ConfigError):
+    """The preset name is not one of the known presets."""
+
+
+class InvalidInputError(ForesightError, ValueError):
+    """A request argument (size, frame count, steps, prompt, images) is invalid."""
+
+
+class ImageError(InvalidInputError):
+    """An image cannot be read or is empty."""
+
+
+class PromptError(InvalidInputError):
+    """A prompt is empty or longer than the context allows."""
+
+
+class WeightsError(ForesightError):
+    """A checkpoint is missing, partial, of the wrong shape, or not safetensors."""
+
+
+class ArtifactError(ForesightError):
+    """A built artifact is missing, stale or tampered with: the message says `rebuild needed: <factor>`."""
+
+
+class VideoError(InvalidInputError):
+    """A video file is missing, corrupt or empty, or frames to encode are malformed."""
+
+
+class WeightsMissingError(WeightsError):
+    """A weights file is not where it was looked for; the message names the path and how to provide it."""
