@@ -40,3 +40,15 @@ class VideoError(InvalidInputError):
 
 class WeightsMissingError(WeightsError):
     """A weights file is not where it was looked for; the message names the path and how to provide it."""
+
+
+class QueueFull(ForesightError):
+    """The engine's bounded request queue is full; retry later."""
+
+
+class RequestCancelled(ForesightError):
+    """The request was cancelled (`Engine.cancel(request_id)` or a disconnected client)."""
+
+
+class RequestTimeout(ForesightError):
+    """The request ran past its `timeout_s`."""
