@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import ForesightError
+from .verify import cli as verify_cli
 
 log = logging.getLogger("foresight_engine")
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict_parser(sub)
+    verify_cli.add_parser(sub)
     return parser
 
 
