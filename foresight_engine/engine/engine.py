@@ -48,6 +48,8 @@ from .threads import ThreadSplit, use_threads
 
 log = logging.getLogger(__name__)
 
+RUNTIME_OPTIONS = ("progress", "max_queue_size", "overlap", "static", "step_cache", "threads", "cuda_graphs")
+
 
 @dataclass
 class PreparedRequest:
@@ -103,8 +105,8 @@ class Engine:
     @classmethod
     def from_pretrained(cls, vlm: str | Path, decoder: str | Path, glue: str | Path, *, lora: str | Path | None = None,
                         **kwargs) -> "Engine":
-        progress = kwargs.pop("progress", False)
-        return cls(GLPModel.from_pretrained(vlm, decoder, glue, lora=lora, **kwargs), progress=progress)
+        runtime = {k: kwargs.pop(k) for k in RUNTIME_OPTIONS if k in kwargs}
+        return cls(GLPModel.from_pretrained(vlm, decoder, glue, lora=lora, **kwargs), **runtime)
 
     # ----------------------------------------------------------------------------------------------- API
     def predict(self, images: ImageInput | Sequence[ImageInput], prompt: str | None = None, *,

@@ -34,9 +34,12 @@ class Session:
             messages = self.messages + [turn]
             engine = self.engine
             request = engine.prepare(self.images + new_images, messages=messages, **settings)
-            past = self._reuse(request)
-            state = engine._registry.admit(request_id, timeout_s)
-            prediction, prefill = engine._run(state, request, past)
+            try:
+                past = self._reuse(request)
+                prediction, prefill = engine._run(engine._registry.admit(request_id, timeout_s), request, past)
+            except BaseException:
+                self._cache, self._cached_ids = None, []  # the reused cache may be cropped/extended: start over
+                raise
             fed = prediction.token_ids[:-1]  # the last token was never fed through the model
             self._cached_ids = request.input_ids[0].tolist() + fed
             self._cache = prefill.static_cache if prefill.static_cache is not None else prefill.cache

@@ -218,9 +218,9 @@ class GraphedDenoiseLoop:
             return static.latents.clone()
 
     def _capture(self, plan: DenoisePlan) -> tuple[torch.cuda.CUDAGraph, DenoisePlan]:
+        # the captured plan's tensors are the graph's static inputs: `run` copies each request's plan into them
         static = DenoisePlan(**{**plan.__dict__, "latents": plan.latents.clone(),
                                 "cache_stats": StepCacheStats()})
-        start = static.latents.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
@@ -230,5 +230,4 @@ class GraphedDenoiseLoop:
         with torch.cuda.graph(graph), torch.inference_mode():
             for i in range(static.num_steps):
                 self.denoiser.step(static, i)
-        static.latents.copy_(start)
         return graph, static
