@@ -52,18 +52,45 @@ def _load_engine(args):
     return Engine.from_preset(args.preset or "tiny", seed=args.seed_weights, progress=True)
 
 
+def _stream_prediction(engine, events):
+    """Show the answer as it is decoded (stdout) and a progress bar for the video (stderr); return the Prediction."""
+    from tqdm.auto import tqdm
+
+    from .engine.events import DenoiseStep, Done, FramesReady, TextToken
+    engine.progress = False  # the bar below follows the stream instead
+    bar = None
+    print("text: ", end="", flush=True)
+    try:
+        for event in events:
+            if isinstance(event, TextToken):
+                print(event.text, end="", flush=True)
+            elif isinstance(event, DenoiseStep):
+                bar = bar or tqdm(total=event.total, desc="video", unit="step", leave=False)
+                bar.update(1)
+            elif isinstance(event, FramesReady) and bar is not None:
+                bar.close()
+            elif isinstance(event, Done):
+                print()
+                return event.prediction
+    finally:
+        if bar is not None:
+            bar.close()
+    raise RuntimeError("the stream ended without a Done event")
+
+
 def _predict(args) -> int:
     from .video_io import write_mp4
     engine = _load_engine(args)
-    pred = engine.predict([str(p) for p in args.image], args.prompt, height=args.height, width=args.width,
-                          num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed, frame_rate=args.fps)
+    events = engine.stream([str(p) for p in args.image], args.prompt, height=args.height, width=args.width,
+                           num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                           max_new_tokens=args.max_new_tokens, seed=args.seed, frame_rate=args.fps)
+    pred = _stream_prediction(engine, events)
     args.out.mkdir(parents=True, exist_ok=True)
     video = write_mp4(pred.frames, args.out / "prediction.mp4", fps=pred.settings["frame_rate"])
     summary = {**pred.to_dict(), "model": engine.config.name, "images": [str(p) for p in args.image],
                "prompt": args.prompt, "video": str(video)}
     _write_json(args.out / "prediction.json", summary)
-    print(f"text: {pred.text!r}")
+    print(f"answer: {pred.text!r}")
     print("timings (s): " + ", ".join(f"{k}={v:.3f}" for k, v in pred.timings.to_dict().items()))
     print(f"video: {video}")
     print(f"json:  {args.out / 'prediction.json'}")
