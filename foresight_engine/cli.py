@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .bench.cli import add_bench_parser, add_plan_parser
 from .errors import ForesightError
 
 log = logging.getLogger("foresight_engine")
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict_parser(sub)
+    add_bench_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 
