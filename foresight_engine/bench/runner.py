@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from .contenders import BenchContext, EngineConfig, Peer, contenders
+from .contenders import BenchContext, EngineConfig, Peer, StepResult, contenders
 from .flops import count_flops
 from .machine import gpu_telemetry, machine_info, peak_rss_bytes, peaks
 from .stages import STAGES, stage_calls, step_flops
@@ -159,28 +159,33 @@ def targets(results: list[Result], vs_naive: dict[str, float], vs_best: dict[str
     return out
 
 
-def run_stage(ctx: BenchContext, config: EngineConfig, stage: str, fn: Callable[[], Any], rounds: Rounds) -> Result:
-    times, _ = measure(fn, rounds)
+def stage_result(ctx: BenchContext, config: EngineConfig, stage: str, times: list[float]) -> Result:
+    """A stage's timings with its model FLOPs, throughput and machine facts."""
     flops = model_stage_flops(ctx)[stage]
     median = statistics.median(times)
-    info = throughput_info(flops, median, config.precision)
     extra = {"stage": stage, **record_extra(config.precision),
              "fraction_of_bf16_peak": flops / median / peaks()["bf16"] if flops else None}
     return Result(f"stage/{stage}/{config.name}", "stage", config.name, config.role, config.precision, ctx.preset,
-                  median, p90(times), statistics.fmean(times), times, flops, **info, extra=extra)
+                  median, p90(times), statistics.fmean(times), list(times), flops,
+                  **throughput_info(flops, median, config.precision), extra=extra)
 
 
-def run_end_to_end(ctx: BenchContext, contender: Peer | EngineConfig, rounds: Rounds) -> tuple[Result, Any]:
-    step = contender.step_fn(ctx)
-    times, last = measure(step, rounds)
+def end_to_end_result(ctx: BenchContext, contender: Peer | EngineConfig, times: list[float],
+                      last: StepResult) -> Result:
+    """A whole step's timings; its model FLOPs are the stages' times the calls a step makes."""
     flops = step_flops(model_stage_flops(ctx), ctx.inputs.settings, len(last.token_ids))
     median = statistics.median(times)
-    info = throughput_info(flops, median, contender.precision)
     extra = {"description": contender.description, "settings": ctx.inputs.settings,
              "new_tokens": len(last.token_ids), **record_extra(contender.precision)}
-    return Result(f"end_to_end/{contender.name}", "end_to_end", contender.name, contender.role, contender.precision,
-                  ctx.preset, median, p90(times), statistics.fmean(times), times, flops, **info,
-                  extra=extra), last.timings
+    return Result(f"end_to_end/{contender.name}", "end_to_end", contender.name, contender.role,
+                  contender.precision, ctx.preset, median, p90(times), statistics.fmean(times), list(times), flops,
+                  **throughput_info(flops, median, contender.precision), extra=extra)
+
+
+def summarize(preset: str, results: list[Result], timelines: dict[str, Any], wall_s: float) -> SuiteReport:
+    vs_naive, vs_best = speedups(results, "naive"), speedups(results, "best-peer")
+    return SuiteReport(preset, machine_info(), peaks(), results, vs_naive, vs_best,
+                       targets(results, vs_naive, vs_best), timelines, wall_s)
 
 
 def run_suite(options: SuiteOptions) -> SuiteReport:
@@ -188,23 +193,21 @@ def run_suite(options: SuiteOptions) -> SuiteReport:
     start = time.perf_counter()
     ctx = BenchContext(options.preset, seed=options.seed)
     chosen = contenders(list(options.configs) if options.configs else None)
-    peaks_now = peaks()
     model_stage_flops(ctx)
     results: list[Result] = []
     for config in (c for c in chosen if c.role == "engine"):
         calls = stage_calls(ctx.engine(config), ctx.inputs)
         for stage in options.stages:
             log.info("stage %s / %s", stage, config.name)
-            results.append(run_stage(ctx, config, stage, calls[stage], options.stage))
+            times, _ = measure(calls[stage], options.stage)
+            results.append(stage_result(ctx, config, stage, times))
     timelines = {}
     for contender in chosen:
         log.info("end to end / %s", contender.name)
-        result, timings = run_end_to_end(ctx, contender, options.end_to_end)
-        results.append(result)
-        timelines[contender.name] = timings
-    vs_naive, vs_best = speedups(results, "naive"), speedups(results, "best-peer")
-    return SuiteReport(options.preset, machine_info(), peaks_now, results, vs_naive, vs_best,
-                       targets(results, vs_naive, vs_best), timelines, time.perf_counter() - start)
+        times, last = measure(contender.step_fn(ctx), options.end_to_end)
+        results.append(end_to_end_result(ctx, contender, times, last))
+        timelines[contender.name] = last.timings
+    return summarize(options.preset, results, timelines, time.perf_counter() - start)
 
 
 def format_table(report: SuiteReport) -> str:
