@@ -25,6 +25,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 PRESETS = [pytest.param("tiny", id="tiny"), pytest.param("small", id="small", marks=pytest.mark.small)]
+
+
+def pytest_generate_tests(metafunc):
+    """Every suite runs per preset."""
+    if "preset" in metafunc.fixturenames:
+        metafunc.parametrize("preset", PRESETS)
 _contexts: dict[str, BenchContext] = {}
 _results: dict[str, list] = {}
 

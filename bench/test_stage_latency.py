@@ -1,6 +1,5 @@
 """Per-stage latency of every engine configuration (vision, prefill, decode step, adapter, denoising step, VAE)."""
 import pytest
-from conftest import PRESETS
 
 from foresight_engine.bench.contenders import ENGINE_CONFIGS
 from foresight_engine.bench.runner import stage_result
@@ -11,7 +10,6 @@ _calls = {}
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=lambda c: c.name)
-@pytest.mark.parametrize("preset", PRESETS)
 def test_stage(benchmark, bench_context, options, record, preset, config, stage):
     ctx = bench_context(preset)
     if (preset, config.name) not in _calls:

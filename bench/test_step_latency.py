@@ -1,14 +1,11 @@
 """One whole reasoning step: the peers (naive, best-peer) first, then every engine configuration."""
 import pytest
-from conftest import PRESETS
 
 from foresight_engine.bench.contenders import contenders
 from foresight_engine.bench.runner import end_to_end_result
 
-CASES = [pytest.param(p.values[0], c, id=f"{p.id}-{c.name}", marks=p.marks) for p in PRESETS for c in contenders()]
 
-
-@pytest.mark.parametrize("preset, contender", CASES)
+@pytest.mark.parametrize("contender", contenders(), ids=lambda c: c.name)
 def test_end_to_end(benchmark, bench_context, options, record, preset, contender):
     ctx = bench_context(preset)
     step = contender.step_fn(ctx)

@@ -1,7 +1,6 @@
 """`foresight-engine bench` and `foresight-engine plan` subcommands."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 

@@ -17,6 +17,7 @@ from .contenders import BenchContext, EngineConfig, Peer, StepResult, contenders
 from .flops import count_flops
 from .machine import gpu_telemetry, machine_info, peak_rss_bytes, peaks
 from .stages import STAGES, stage_calls, step_flops
+from .timeline import spans_of
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ class SuiteReport:
 
 
 def _timings_dict(timings: Any) -> dict:
-    from .timeline import spans_of
     return {"spans": [asdict(s) for s in spans_of(timings)]}
 
 
