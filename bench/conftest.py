@@ -62,5 +62,5 @@ def record():
 
 def pytest_terminal_summary(terminalreporter):
     for preset, results in _results.items():
-        terminalreporter.write_sep("-", f"foresight-engine ratios, preset {preset} (targets are reported, not asserted)")
+        terminalreporter.write_sep("-", f"ratios, preset {preset} (targets reported, not asserted)")
         terminalreporter.write_line(format_table(summarize(preset, results, {}, 0.0)))

@@ -123,9 +123,10 @@ class Peer:
 # ------------------------------------------------------------------------------------------------ peers
 def ltx_pipeline(model: GLPModel, transformer: torch.nn.Module | None = None) -> LTXImageToVideoPipeline:
     """diffusers' image-to-video pipeline on the model's own LTX transformer and VAE (no T5: prompt_embeds in)."""
+    transformer = model.video_decoder.transformer if transformer is None else transformer
     pipe = LTXImageToVideoPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(model.config.scheduler)), vae=model.vae.vae,
-        text_encoder=None, tokenizer=None, transformer=model.video_decoder.transformer if transformer is None else transformer)
+        text_encoder=None, tokenizer=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

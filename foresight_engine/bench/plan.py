@@ -167,6 +167,11 @@ def stage_precision(component: str, precision: str) -> str:
     return "bf16" if precision == "fp8" and component in KEPT_BF16_UNDER_FP8 else precision
 
 
+def weight_memory(params: dict[str, int], precision: str) -> float:
+    """Bytes of all weights under `precision`'s policy."""
+    return sum(n * WEIGHT_BYTES[stage_precision(c, precision)] for c, n in params.items() if c != "kv_cache_elements")
+
+
 def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, precision: str,
             preset_name: str, settings: PlanSettings) -> Plan:
     """Roofline time per stage, step latency with and without overlap, and memory at `precision`."""
@@ -187,8 +192,7 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
     sequential = sum(t.values())
     # overlap: the world latent exists after the prefill; text decode runs beside adapter -> denoise -> VAE
     overlapped = t["vision"] + t["prefill"] + max(t["text"], t["adapter"] + t["denoise"] + t["vae"])
-    weights = sum(n * WEIGHT_BYTES[stage_precision(c, precision)] for c, n in params.items()
-                  if c != "kv_cache_elements")
+    weights = weight_memory(params, precision)
     kv = params["kv_cache_elements"] * ACTIVATION_BYTES
     largest = max(s.per_call.largest_op_elements for s in stages) * ACTIVATION_BYTES
     activations = kv + largest
@@ -198,6 +202,7 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
                 activation_memory_bytes=activations, kv_cache_bytes=kv,
                 fits_in_memory=weights + activations < spec.memory_gb * 1e9,
                 extra={"peak_tflops": spec.peak_tflops, "bandwidth_tb_s": spec.bandwidth_tb_s,
+                       "weight_memory_bytes_by_precision": {q: weight_memory(params, q) for q in WEIGHT_BYTES},
                        "parameters": {k: v for k, v in params.items() if k != "kv_cache_elements"}})
 
 
@@ -222,7 +227,9 @@ def format_plan(p: Plan) -> str:
                      f"{st.bound:>9}{st.projected_s * 1e3:>10.1f}")
     lines += [f"step, sequential:            {p.projected_sequential_s * 1e3:.0f} ms",
               f"step, text/video overlapped: {p.projected_step_s * 1e3:.0f} ms",
-              f"weights {p.weight_memory_bytes / 1e9:.1f} GB + activations >= {p.activation_memory_bytes / 1e9:.2f} GB "
-              f"(KV cache {p.kv_cache_bytes / 1e9:.2f} GB); fits in {p.gpu_label}: "
-              f"{'yes' if p.fits_in_memory else 'no'}"]
+              f"weights {p.weight_memory_bytes / 1e9:.1f} GB + activations >= "
+              f"{p.activation_memory_bytes / 1e9:.2f} GB (KV cache {p.kv_cache_bytes / 1e9:.2f} GB); fits in {p.gpu_label}: "
+              f"{'yes' if p.fits_in_memory else 'no'}",
+              "weights by precision: " + ", ".join(
+                  f"{q} {b / 1e9:.1f} GB" for q, b in p.extra["weight_memory_bytes_by_precision"].items())]
     return "\n".join(lines)
