@@ -49,7 +49,7 @@ def test_step_flops_multiply_stages_by_their_calls():
 
 
 def _e2e(name, role, median):
-    return Result(f"end_to_end/{name}", "end_to_end", name, role, "fp32", "tiny", median, median, median, [median])
+    return Result(f"end_to_end/{name}", "end_to_end", name, role, "fp32", "small", median, median, median, [median])
 
 
 def test_speedups_and_targets_are_ratios_of_medians():
@@ -59,6 +59,8 @@ def test_speedups_and_targets_are_ratios_of_medians():
     met = {t["what"]: t["met"] for t in targets(results, vs_naive, vs_best)}
     assert met == {"fast end to end vs naive": True, "fast end to end vs best-peer": True}
     assert speedups(results[1:], "naive") == {}
+    tiny = [Result(**{**vars(r), "preset": "tiny"}) for r in results]
+    assert targets(tiny, vs_naive, vs_best) == []  # the targets are set for the small preset
 
 
 def test_timeline_uses_spans_when_present_else_lays_stages_out_in_order():
