@@ -4,7 +4,6 @@ through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite an
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,8 +17,6 @@ from ..engine.prediction import Timings
 from ..models.glp import GLPModel
 from ..models.video_decoder import scheduler_kwargs
 from .machine import BenchError
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -73,6 +70,8 @@ class BenchContext:
 
     def model_at(self, precision: str) -> GLPModel:
         """The reference weights at `precision`: the reference model itself for fp32, else a cast copy."""
+        if precision not in DTYPES:
+            raise BenchError(f"no eager cast for precision {precision!r}; choose one of {sorted(DTYPES)}")
         if precision == "fp32":
             return self.base.model
         model = copy.deepcopy(self.base.model)
