@@ -21,5 +21,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench -q -p no:cacheprovider
+
 clean:
 	rm -rf out .pytest_cache

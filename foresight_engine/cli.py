@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .bench.cli import add_bench_parser, add_plan_parser
 from .errors import ForesightError
 from .verify import cli as verify_cli
 
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict_parser(sub)
     verify_cli.add_parser(sub)
+    add_bench_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 

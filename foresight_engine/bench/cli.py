@@ -1,0 +1,78 @@
+"""`foresight-engine bench` and `foresight-engine plan` subcommands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..video_io import atomic_output
+from .stages import STAGES
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.split(",") if v)
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="latency suites: peers and engine configurations in one process",
+                       description="Stage and end-to-end latency of the peers (naive, best-peer) and the engine's "
+                                   "configurations on the same weights and inputs; prints a table.")
+    p.add_argument("--preset", default="tiny", help="tiny | small (default tiny)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds (small finishes within ~10 min on 2 cores)")
+    p.add_argument("--configs", type=_csv, default=None,
+                   help="comma-separated configurations (default: all; see the table's names)")
+    p.add_argument("--stages", type=_csv, default=STAGES,
+                   help=f"comma-separated stage suites, empty for none (default {','.join(STAGES)})")
+    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--plot", type=Path, help="write a PNG timeline of each configuration's last step here")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from ..errors import ForesightError
+    from .runner import SuiteOptions, format_table, run_suite
+    from .timeline import plot_timelines
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        raise ForesightError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    report = run_suite(SuiteOptions(args.preset, quick=args.quick, configs=args.configs, stages=args.stages))
+    print(format_table(report))
+    print(f"suite wall time: {report.wall_s:.1f} s")
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"json: {args.json}")
+    if args.plot:
+        plot_timelines(report.timelines, args.plot, f"one step, preset {args.preset}")
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def add_plan_parser(sub) -> None:
+    from .gpus import GPUS
+    from .plan import PlanSettings
+    d = PlanSettings()
+    p = sub.add_parser("plan", help="roofline PROJECTION of one step of a preset on a GPU (no weights needed)",
+                       description="FLOPs and bytes per stage counted on the meta device, projected onto a GPU's "
+                                   "datasheet peaks. A projection (a lower bound), not a measurement.")
+    p.add_argument("--preset", default="full")
+    p.add_argument("--gpu", required=True, choices=sorted(GPUS))
+    p.add_argument("--precision", default="bf16", choices=["fp8", "fp16", "bf16"])
+    p.add_argument("--frames", type=int, default=d.num_frames)
+    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (default: the distilled 8)")
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens)
+    p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="text tokens besides the image's")
+    p.add_argument("--guidance", type=float, default=d.guidance_scale, help=">1 doubles the denoising batch")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_plan)
+
+
+def _plan(args) -> int:
+    from .plan import PlanSettings, format_plan, plan
+    settings = PlanSettings(height=args.height, width=args.width, num_frames=args.frames, steps=args.steps,
+                            new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
+                            guidance_scale=args.guidance)
+    result = plan(args.preset, args.gpu, args.precision, settings)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    return 0

@@ -1,0 +1,214 @@
+"""Who runs in a benchmark: the peers (plain library code on the same weights and inputs) and the engine's
+configurations. Configurations are data: append an `EngineConfig` to `ENGINE_CONFIGS` (e.g. a built artifact
+through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite and the CLI pick it up."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline
+
+from ..engine import Engine
+from ..engine.prediction import Timings
+from ..models.glp import GLPModel
+from ..models.video_decoder import scheduler_kwargs
+from .machine import BenchError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BenchInputs:
+    """The same request for every contender."""
+
+    images: list[np.ndarray]
+    prompt: str
+    settings: dict[str, Any]  # predict() keywords: height, width, num_frames, num_inference_steps, ...
+
+    @classmethod
+    def for_engine(cls, engine: Engine, seed: int = 0) -> "BenchInputs":
+        """One random 3:4 image and a short prompt at the preset's default generation settings."""
+        g = engine.config.generation
+        image = np.random.default_rng(seed).integers(0, 256, size=(72, 96, 3), dtype=np.uint8)
+        settings = dict(height=g.height, width=g.width, num_frames=g.num_frames,
+                        num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale,
+                        max_new_tokens=g.max_new_tokens, seed=seed)
+        return cls(images=[image], prompt="What happens next? Describe the motion.", settings=settings)
+
+
+@dataclass
+class StepResult:
+    token_ids: list[int]
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    timings: Any  # engine: Prediction.timings; peers: Timings of their own phases
+
+
+StepFn = Callable[[], StepResult]
+
+
+@dataclass
+class BenchContext:
+    """One preset's shared state: the fp32 reference engine (every contender starts from its weights), the
+    inputs, and the engines built so far (built once, shared by the stage and end-to-end suites)."""
+
+    preset: str
+    seed: int = 0
+    base: Engine = None  # type: ignore[assignment]
+    inputs: BenchInputs = None  # type: ignore[assignment]
+    engines: dict[str, Engine] = field(default_factory=dict)
+    models: dict[str, GLPModel] = field(default_factory=dict)  # cast copies of the reference weights
+    stage_flops: dict[str, int] = field(default_factory=dict)  # model FLOPs per stage call, counted once
+
+    def __post_init__(self) -> None:
+        if self.base is None:
+            self.base = Engine.from_preset(self.preset, seed=self.seed)
+        if self.inputs is None:
+            self.inputs = BenchInputs.for_engine(self.base, self.seed)
+
+    def model_at(self, precision: str) -> GLPModel:
+        """The reference weights at `precision`: the reference model itself for fp32, else a cast copy."""
+        if precision not in DTYPES:
+            raise BenchError(f"no eager cast for precision {precision!r}; choose one of {sorted(DTYPES)}")
+        if precision == "fp32":
+            return self.base.model
+        if precision not in self.models:  # one cast copy per precision, shared by its configurations
+            model = copy.deepcopy(self.base.model)
+            for module in model.components().values():
+                module.to(DTYPES[precision])
+            self.models[precision] = model
+        return self.models[precision]
+
+    def engine(self, config: "EngineConfig") -> Engine:
+        if config.name not in self.engines:
+            self.engines[config.name] = config.build(self)
+        return self.engines[config.name]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """A named engine configuration: `build(ctx)` returns a ready engine with the reference's weights."""
+
+    name: str
+    precision: str
+    build: Callable[[BenchContext], Engine]
+    description: str = ""
+    role: str = "engine"
+
+    def step_fn(self, ctx: BenchContext) -> StepFn:
+        engine = ctx.engine(self)
+        inputs = ctx.inputs
+
+        def step() -> StepResult:
+            pred = engine.predict(inputs.images, inputs.prompt, **inputs.settings)
+            return StepResult(pred.token_ids, pred.frames, pred.timings)
+        return step
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Plain library code on the same weights and inputs; `build(ctx)` returns the step function."""
+
+    name: str
+    precision: str
+    build: Callable[[BenchContext], StepFn]
+    description: str = ""
+    role: str = "peer"
+
+    def step_fn(self, ctx: BenchContext) -> StepFn:
+        return self.build(ctx)
+
+
+# ------------------------------------------------------------------------------------------------ peers
+def ltx_pipeline(model: GLPModel, transformer: torch.nn.Module | None = None) -> LTXImageToVideoPipeline:
+    """diffusers' image-to-video pipeline on the model's own LTX transformer and VAE (no T5: prompt_embeds in)."""
+    transformer = model.video_decoder.transformer if transformer is None else transformer
+    pipe = LTXImageToVideoPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(model.config.scheduler)), vae=model.vae.vae,
+        text_encoder=None, tokenizer=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInputs) -> StepFn:
+    """transformers `generate()` for the text, then the world latent (vision + prefill with the query tokens +
+    adapter) and diffusers' pipeline for the video: the libraries glued together, one after the other."""
+    s = inputs.settings
+
+    @torch.inference_mode()
+    def step() -> StepResult:
+        timings, t0 = Timings(), time.perf_counter()
+        request = engine.prepare(inputs.images, inputs.prompt, **s)
+        enc = dict(input_ids=request.input_ids, attention_mask=torch.ones_like(request.input_ids),
+                   pixel_values=request.pixel_values.to(engine.model.vision_tower.dtype),
+                   image_grid_thw=request.image_grid_thw, mm_token_type_ids=request.mm_token_type_ids)
+        t = time.perf_counter()
+        out = engine.model.qwen.generate(**enc, max_new_tokens=s["max_new_tokens"], do_sample=False)
+        timings.stages["text"] = time.perf_counter() - t
+        t = time.perf_counter()
+        prefill = engine.prefill(request, engine.vision(request))
+        cond, mask = engine.adapt(prefill.world_latent)
+        timings.stages["world_latent"] = time.perf_counter() - t
+        extra = {}
+        if s["guidance_scale"] > 1:
+            extra = dict(negative_prompt_embeds=torch.zeros_like(cond), negative_prompt_attention_mask=mask)
+        t = time.perf_counter()
+        video = pipe(image=request.images[-1], prompt_embeds=cond, prompt_attention_mask=mask,
+                     generator=torch.Generator("cpu").manual_seed(s["seed"]), output_type="np",
+                     frame_rate=engine.config.generation.frame_rate, height=s["height"], width=s["width"],
+                     num_frames=s["num_frames"], num_inference_steps=s["num_inference_steps"],
+                     guidance_scale=s["guidance_scale"], **extra).frames[0]  # [F, H, W, 3] in [0, 1]
+        timings.stages["video"] = time.perf_counter() - t
+        timings.total = time.perf_counter() - t0
+        frames = (np.asarray(video, dtype=np.float32) * 255).round().astype(np.uint8)
+        return StepResult(out[0, request.input_ids.shape[1]:].tolist(), frames, timings)
+    return step
+
+
+def _naive(ctx: BenchContext) -> StepFn:
+    return library_step(ctx.base, ltx_pipeline(ctx.base.model), ctx.inputs)
+
+
+def _best_peer(ctx: BenchContext) -> StepFn:
+    """The diffusion-fast recipe: bf16 weights, SDPA (already the default) and torch.compile of the transformer
+    (max-autotune where a GPU can autotune; the default mode on a CPU, where autotuning costs minutes)."""
+    model = ctx.model_at("bf16")
+    mode = "max-autotune" if torch.cuda.is_available() else None
+    compiled = torch.compile(model.video_decoder.transformer, mode=mode, fullgraph=True)
+    return library_step(Engine(model), ltx_pipeline(model, compiled), ctx.inputs)
+
+
+PEERS: list[Peer] = [
+    Peer("naive", "fp32", _naive, "transformers generate() then diffusers LTXImageToVideoPipeline, fp32 eager"),
+    Peer("best-peer", "bf16", _best_peer, "the same in bf16 with torch.compile of the LTX transformer"),
+]
+
+ENGINE_CONFIGS: list[EngineConfig] = [
+    EngineConfig("eager-fp32", "fp32", lambda ctx: Engine(ctx.model_at("fp32"), static=False, overlap=False),
+                 "the reference Engine: eager loops, one stage after the other"),
+    EngineConfig("eager-bf16", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), static=False, overlap=False),
+                 "the reference Engine with every component cast to bf16"),
+    EngineConfig("runtime-fp32", "fp32", lambda ctx: Engine(ctx.model_at("fp32")),
+                 "static denoising loop + static KV decode, text overlapped with video"),
+    EngineConfig("runtime-bf16", "bf16", lambda ctx: Engine(ctx.model_at("bf16")),
+                 "the runtime with every component cast to bf16"),
+    EngineConfig("runtime-bf16-sequential", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), overlap=False),
+                 "the runtime in bf16 without the text/video overlap"),
+    EngineConfig("runtime-bf16-stepcache", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), step_cache=0.05),
+                 "the runtime in bf16 with the first-block step cache (threshold 0.05)"),
+]
+
+
+def contenders(names: list[str] | None = None) -> list[Peer | EngineConfig]:
+    """Peers first (ratios need them), then engine configurations; `names` selects a subset."""
+    everyone = [*PEERS, *ENGINE_CONFIGS]
+    if names is None:
+        return everyone
+    known = {c.name: c for c in everyone}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BenchError(f"unknown configuration(s) {unknown}; known: {sorted(known)}")
+    return [known[n] for n in names]

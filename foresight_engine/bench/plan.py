@@ -1,0 +1,235 @@
+"""`foresight-engine plan`: a roofline projection of one reasoning step of a preset on a GPU it never ran on.
+
+Every stage is run once on the meta device (the real transformers/diffusers modules, no weights, no memory) under
+the counters of `flops.py`; its projected time is max(FLOPs / peak compute, bytes / memory bandwidth) at the
+GPU's datasheet peaks. That is a lower bound on latency, not a measurement: real kernels reach a fraction of peak.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
+from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+from ..config import ModelConfig, preset
+from ..errors import ConfigError
+from ..models.adapter import ConditioningAdapter
+from ..models.backbone import Backbone
+from ..models.qwen_vl import SpecialTokenIds, build_qwen_vl
+from ..models.vae import VideoVAE, vae_kwargs
+from ..models.video_decoder import LatentGrid, VideoDecoder, transformer_kwargs
+from .flops import OpCount, count
+from .gpus import GPUSpec, gpu as gpu_spec
+
+# Qwen2.5-VL's special token ids (the count does not depend on them, the model config needs them).
+_TOKEN_IDS = SpecialTokenIds(image=151655, video=151656, vision_start=151652, vision_end=151653, eos=151645,
+                             pad=151643)
+WEIGHT_BYTES = {"fp8": 1.0, "fp16": 2.0, "bf16": 2.0}
+ACTIVATION_BYTES = 2.0  # activations, KV cache and attention stay 16-bit in every policy here
+# The FP8 policy keeps the VAE (fp16 overflow, quality) and the small adapter in bf16.
+KEPT_BF16_UNDER_FP8 = {"adapter", "vae"}
+STAGE_COMPONENT = {"vision": "vision", "prefill": "language", "text": "language", "adapter": "adapter",
+                   "denoise": "transformer", "vae": "vae"}
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    height: int = 512
+    width: int = 768
+    num_frames: int = 121
+    steps: int = 8
+    new_tokens: int = 128
+    prompt_tokens: int = 150  # text tokens of the chat prompt besides the image's
+    image_side: int = 448  # one square input image
+    guidance_scale: float = 1.0  # the distilled schedule runs without classifier-free guidance
+
+    def check(self, config: ModelConfig) -> None:
+        for name in ("height", "width"):
+            if getattr(self, name) % config.spatial_step:
+                raise ConfigError(f"plan: {name}={getattr(self, name)} is not a multiple of {config.spatial_step}")
+        if (self.num_frames - 1) % config.temporal_step:
+            raise ConfigError(f"plan: num_frames={self.num_frames} is not {config.temporal_step}*k+1")
+        for name in ("steps", "new_tokens", "prompt_tokens", "image_side"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"plan: {name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class StageCount:
+    """One stage counted on the meta device: cost of one call, and how many calls a step makes."""
+
+    name: str
+    per_call: OpCount
+    calls: int
+
+
+@dataclass
+class StagePlan:
+    name: str
+    calls: int
+    flops: float  # all calls
+    bytes: float  # all calls
+    projected_s: float
+    bound: str  # "compute" | "memory"
+    precision: str
+
+
+@dataclass
+class Plan:
+    preset: str
+    gpu: str
+    gpu_label: str
+    precision: str
+    settings: dict
+    stages: list[StagePlan]
+    projected_step_s: float  # with text/video overlap
+    projected_sequential_s: float
+    weight_memory_bytes: float
+    activation_memory_bytes: float
+    kv_cache_bytes: float
+    fits_in_memory: bool
+    note: str = ("PROJECTION (roofline lower bound from datasheet peaks, counted on the meta device), "
+                 "not a measurement")
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _meta_components(config: ModelConfig):
+    with torch.device("meta"):
+        qwen = build_qwen_vl(config, _TOKEN_IDS)
+        backbone = Backbone(qwen.model.language_model, qwen.lm_head, config.adapter.num_query_tokens,
+                            _TOKEN_IDS.image)
+        adapter = ConditioningAdapter(config.adapter, config.text.hidden_size, config.transformer.caption_channels)
+        decoder = VideoDecoder(LTXVideoTransformer3DModel(**transformer_kwargs(config.transformer)), config.scheduler)
+        vae = VideoVAE(AutoencoderKLLTXVideo(**vae_kwargs(config.vae)))
+    return qwen.model.visual, backbone, adapter, decoder, vae
+
+
+def count_stages(config: ModelConfig, settings: PlanSettings) -> tuple[list[StageCount], dict[str, int]]:
+    """Count every stage of one step on the meta device; also returns parameter counts per component."""
+    settings.check(config)
+    visual, backbone, adapter, decoder, vae = _meta_components(config)
+    meta = torch.device("meta")
+    v = config.vision
+    side = settings.image_side // (v.patch_size * v.spatial_merge_size) * v.spatial_merge_size  # patches per side
+    grid_thw = torch.tensor([[1, side, side]])
+    n_patches = side * side
+    # index tables are computed on the CPU (they are data, not shapes) and handed over as meta tensors
+    positions = get_vision_position_ids(grid_thw, v.spatial_merge_size)
+    window_index, cu_windows = get_vision_window_index(grid_thw, spatial_merge_size=v.spatial_merge_size,
+                                                       window_size=v.window_size, patch_size=v.patch_size)
+    pixels = torch.empty(n_patches, 3 * v.temporal_patch_size * v.patch_size ** 2, device=meta)
+    vision, _ = count(lambda: visual(pixels, grid_thw=grid_thw, position_ids=positions.to(meta),
+                                     window_index=window_index.to(meta), cu_window_seqlens=cu_windows).pooler_output)
+
+    prompt_len = settings.prompt_tokens + n_patches // v.spatial_merge_size ** 2
+    embeds = torch.empty(1, prompt_len, config.text.hidden_size, device=meta)
+    position_ids = torch.arange(prompt_len, device=meta).view(1, 1, -1).expand(3, 1, -1)
+    prefill, out = count(backbone.prefill, embeds, position_ids)
+    token = torch.zeros(1, 1, dtype=torch.long, device=meta)
+    # one decode step at the prompt's length stands for all of them (the cache grows by new_tokens at most)
+    text, _ = count(backbone.decode_step, token, out.next_position, out.cache)
+    adapt, (cond, cond_mask) = count(adapter, out.world_latent)
+
+    vae_cfg, tr = config.vae, config.transformer
+    grid = LatentGrid(frames=(settings.num_frames - 1) // vae_cfg.temporal_compression + 1,
+                      height=settings.height // vae_cfg.spatial_compression,
+                      width=settings.width // vae_cfg.spatial_compression, channels=vae_cfg.latent_channels,
+                      patch=tr.patch_size, patch_t=tr.patch_size_t)
+    batch = 2 if settings.guidance_scale > 1 else 1
+    latents = torch.empty(batch, grid.num_tokens, grid.channels * tr.patch_size ** 2 * tr.patch_size_t, device=meta)
+    timestep = torch.empty(batch, grid.num_tokens, device=meta)
+    rope_scale = (vae_cfg.temporal_compression / 24, vae_cfg.spatial_compression, vae_cfg.spatial_compression)
+    denoise, _ = count(decoder, latents, cond.expand(batch, -1, -1), cond_mask.expand(batch, -1), timestep, grid,
+                       rope_scale)
+    video_latents = torch.empty(1, grid.channels, grid.frames, grid.height, grid.width, device=meta)
+    decode, _ = count(lambda: vae.vae.decode(video_latents, None, return_dict=False)[0])
+
+    stages = [StageCount("vision", vision, 1), StageCount("prefill", prefill, 1),
+              StageCount("text", text, settings.new_tokens), StageCount("adapter", adapt, 1),
+              StageCount("denoise", denoise, settings.steps), StageCount("vae", decode, 1)]
+    params = {"vision": _numel(visual), "language": _numel(backbone), "adapter": _numel(adapter),
+              "transformer": _numel(decoder), "vae": _numel(vae)}
+    kv_tokens = prompt_len + settings.new_tokens
+    t = config.text
+    params["kv_cache_elements"] = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * kv_tokens
+    return stages, params
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def stage_precision(component: str, precision: str) -> str:
+    return "bf16" if precision == "fp8" and component in KEPT_BF16_UNDER_FP8 else precision
+
+
+def weight_memory(params: dict[str, int], precision: str) -> float:
+    """Bytes of all weights under `precision`'s policy."""
+    return sum(n * WEIGHT_BYTES[stage_precision(c, precision)] for c, n in params.items() if c != "kv_cache_elements")
+
+
+def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, precision: str,
+            preset_name: str, settings: PlanSettings) -> Plan:
+    """Roofline time per stage, step latency with and without overlap, and memory at `precision`."""
+    if precision not in WEIGHT_BYTES:
+        raise ConfigError(f"plan: precision={precision!r} is not one of {sorted(WEIGHT_BYTES)}")
+    spec.peak_flops(precision)  # raises when the GPU lacks it (A100 and FP8)
+    plans = []
+    for s in stages:
+        component = STAGE_COMPONENT[s.name]
+        p = stage_precision(component, precision)
+        flops = float(s.per_call.flops)
+        nbytes = s.per_call.bytes(WEIGHT_BYTES[p], ACTIVATION_BYTES)
+        compute_s, memory_s = flops / spec.peak_flops(p), nbytes / spec.bandwidth
+        plans.append(StagePlan(s.name, s.calls, flops * s.calls, nbytes * s.calls,
+                               max(compute_s, memory_s) * s.calls, "compute" if compute_s >= memory_s else "memory",
+                               p))
+    t = {s.name: s.projected_s for s in plans}
+    sequential = sum(t.values())
+    # overlap: the world latent exists after the prefill; text decode runs beside adapter -> denoise -> VAE
+    overlapped = t["vision"] + t["prefill"] + max(t["text"], t["adapter"] + t["denoise"] + t["vae"])
+    weights = weight_memory(params, precision)
+    kv = params["kv_cache_elements"] * ACTIVATION_BYTES
+    largest = max(s.per_call.largest_op_elements for s in stages) * ACTIVATION_BYTES
+    activations = kv + largest
+    return Plan(preset=preset_name, gpu=spec.name, gpu_label=spec.label, precision=precision,
+                settings=asdict(settings), stages=plans, projected_step_s=overlapped,
+                projected_sequential_s=sequential, weight_memory_bytes=weights,
+                activation_memory_bytes=activations, kv_cache_bytes=kv,
+                fits_in_memory=weights + activations < spec.memory_gb * 1e9,
+                extra={"peak_tflops": spec.peak_tflops, "bandwidth_tb_s": spec.bandwidth_tb_s,
+                       "weight_memory_bytes_by_precision": {q: weight_memory(params, q) for q in WEIGHT_BYTES},
+                       "parameters": {k: v for k, v in params.items() if k != "kv_cache_elements"}})
+
+
+def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
+         settings: PlanSettings | None = None) -> Plan:
+    spec = gpu_spec(gpu)
+    spec.peak_flops(precision)  # fail before counting anything
+    settings = settings or PlanSettings()
+    stages, params = count_stages(preset(preset_name), settings)
+    return project(stages, params, spec, precision, preset_name, settings)
+
+
+def format_plan(p: Plan) -> str:
+    s = p.settings
+    lines = [f"PROJECTION for preset {p.preset} on {p.gpu_label} at {p.precision} — roofline lower bound from "
+             f"datasheet peaks, not a measurement",
+             f"{s['num_frames']}x{s['height']}x{s['width']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
+             f"{s['new_tokens']} new tokens, one {s['image_side']}px image + {s['prompt_tokens']} text tokens",
+             f"{'stage':<9}{'calls':>6}{'TFLOP':>10}{'GB moved':>10}{'precision':>10}{'bound':>9}{'ms':>10}"]
+    for st in p.stages:
+        lines.append(f"{st.name:<9}{st.calls:>6}{st.flops / 1e12:>10.2f}{st.bytes / 1e9:>10.2f}{st.precision:>10}"
+                     f"{st.bound:>9}{st.projected_s * 1e3:>10.1f}")
+    lines += [f"step, sequential:            {p.projected_sequential_s * 1e3:.0f} ms",
+              f"step, text/video overlapped: {p.projected_step_s * 1e3:.0f} ms",
+              f"weights {p.weight_memory_bytes / 1e9:.1f} GB + activations >= "
+              f"{p.activation_memory_bytes / 1e9:.2f} GB (KV cache {p.kv_cache_bytes / 1e9:.2f} GB); fits in {p.gpu_label}: "
+              f"{'yes' if p.fits_in_memory else 'no'}",
+              "weights by precision: " + ", ".join(
+                  f"{q} {b / 1e9:.1f} GB" for q, b in p.extra["weight_memory_bytes_by_precision"].items())]
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""`foresight-engine bench` on the tiny preset, kept short: one peer, one engine configuration, one stage."""
+import json
+
+import numpy as np
+import torch
+
+from foresight_engine.bench.contenders import BenchContext, ENGINE_CONFIGS, PEERS
+from foresight_engine.cli import main
+
+
+def test_bench_quick_writes_the_json_keys_and_a_png(tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "timeline.png"
+    rc = main(["bench", "--preset", "tiny", "--quick", "--configs", "naive,eager-fp32", "--stages", "adapter",
+               "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert {"results", "speedup_vs_naive", "speedup_vs_best_peer"} <= set(report)
+    names = [r["name"] for r in report["results"]]
+    assert names == ["stage/adapter/eager-fp32", "end_to_end/naive", "end_to_end/eager-fp32"]
+    for r in report["results"]:
+        assert r["median_s"] > 0 and r["flops"] > 0 and r["extra"]["peak_rss_bytes"] > 0
+    assert report["speedup_vs_naive"]["naive"] == 1.0 and report["speedup_vs_best_peer"] == {}
+    assert report["machine"]["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "end_to_end/naive" in printed and "vs naive" in printed
+
+
+def test_unknown_configuration_is_named(capsys):
+    assert main(["bench", "--preset", "tiny", "--configs", "warp-drive"]) == 2
+    assert "warp-drive" in capsys.readouterr().err
+
+
+def test_contenders_compute_what_the_reference_computes(engine):
+    """naive (the libraries) equals the engine; eager-bf16 stays within bf16 tolerance of it."""
+    ctx = BenchContext("tiny", base=engine)
+    naive = next(p for p in PEERS if p.name == "naive").step_fn(ctx)()
+    fp32, bf16 = (next(c for c in ENGINE_CONFIGS if c.name == n).step_fn(ctx)() for n in ("eager-fp32", "eager-bf16"))
+    assert naive.token_ids == fp32.token_ids
+    assert np.array_equal(naive.frames, fp32.frames)
+    assert bf16.token_ids == fp32.token_ids
+    err = np.abs(bf16.frames.astype(np.float64) - fp32.frames).mean() / 255
+    assert err < 1e-2
+    assert next(engine.model.qwen.parameters()).dtype == torch.float32  # the cast copy left the reference alone

@@ -1,0 +1,72 @@
+"""The counters and bookkeeping behind the benchmarks, against hand counts."""
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from foresight_engine.bench.flops import count, count_flops
+from foresight_engine.bench.runner import Result, speedups, targets
+from foresight_engine.bench.stages import step_flops
+from foresight_engine.bench.timeline import spans_of
+
+
+class _Known(nn.Module):
+    """linear 16->32 on 4 tokens, single-head attention over them, then a 3x3 conv on a 1x8x8x8 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 32)
+        self.conv = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x, image):
+        h = self.linear(x)[None, None]  # [1, 1, 4, 32]
+        return F.scaled_dot_product_attention(h, h, h), self.conv(image)
+
+
+def test_flops_of_a_known_module_equal_the_hand_count():
+    x, image = torch.randn(4, 16), torch.randn(1, 8, 8, 8)
+    linear = 2 * 4 * 16 * 32
+    attention = 2 * (2 * 4 * 4 * 32)  # q k^T and weights @ v
+    conv = 2 * (8 * 3 * 3) * 4 * (8 * 8)  # per output element: 8*3*3 multiply-adds
+    assert count_flops(_Known(), x, image) == linear + attention + conv
+
+
+def test_traffic_counts_each_weight_once_and_activations_per_op():
+    lin = nn.Linear(16, 32)
+    x = torch.randn(4, 16)
+    c, _ = count(lambda: lin(lin.weight.new_zeros(4, 16)) + lin(x))
+    assert c.weight_elements == 16 * 32 + 32  # read once although used twice
+    assert c.activation_elements == 2 * (4 * 16 + 4 * 32)
+    assert c.largest_op_elements == 4 * 16 + 4 * 32
+
+
+def test_step_flops_multiply_stages_by_their_calls():
+    stages = dict(vision=1, prefill=10, decode_step=100, adapter=1000, denoise_step=10_000, vae=100_000)
+    settings = dict(guidance_scale=1.0, num_inference_steps=4)
+    assert step_flops(stages, settings, new_tokens=3) == 1 + 10 + 2 * 100 + 1000 + 4 * 10_000 + 100_000
+    assert step_flops(stages, {**settings, "guidance_scale": 3.0}, 1) == 1 + 10 + 1000 + 8 * 10_000 + 100_000
+
+
+def _e2e(name, role, median):
+    return Result(f"end_to_end/{name}", "end_to_end", name, role, "fp32", "small", median, median, median, [median])
+
+
+def test_speedups_and_targets_are_ratios_of_medians():
+    results = [_e2e("naive", "peer", 10.0), _e2e("best-peer", "peer", 4.0), _e2e("fast", "engine", 2.0)]
+    vs_naive, vs_best = speedups(results, "naive"), speedups(results, "best-peer")
+    assert vs_naive["fast"] == 5.0 and vs_best["fast"] == 2.0
+    met = {t["what"]: t["met"] for t in targets(results, vs_naive, vs_best)}
+    assert met == {"fast end to end vs naive": True, "fast end to end vs best-peer": True}
+    assert speedups(results[1:], "naive") == {}
+    tiny = [Result(**{**vars(r), "preset": "tiny"}) for r in results]
+    assert targets(tiny, vs_naive, vs_best) == []  # the targets are set for the small preset
+
+
+def test_timeline_uses_spans_when_present_else_lays_stages_out_in_order():
+    sequential = spans_of(SimpleNamespace(stages={"vision": 1.0, "text": 2.0}))
+    assert [(s.lane, s.start, s.end) for s in sequential] == [("vision", 0.0, 1.0), ("text", 1.0, 3.0)]
+    overlapped = spans_of(SimpleNamespace(stages={}, spans={"text": (11.0, 13.0), "denoise": (11.0, 14.0)}))
+    assert [(s.lane, s.start, s.end) for s in overlapped] == [("text", 0.0, 2.0), ("denoise", 0.0, 3.0)]
+    threaded = spans_of(SimpleNamespace(spans=[SimpleNamespace(stage="vae", start=5.0, end=6.0, thread="video")]))
+    assert threaded[0].lane == "video: vae"
