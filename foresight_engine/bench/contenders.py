@@ -197,8 +197,8 @@ ENGINE_CONFIGS: list[EngineConfig] = [
                  "the runtime with every component cast to bf16"),
     EngineConfig("runtime-bf16-sequential", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), overlap=False),
                  "the runtime in bf16 without the text/video overlap"),
-    EngineConfig("runtime-bf16-stepcache", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), step_cache=0.05),
-                 "the runtime in bf16 with the first-block step cache (threshold 0.05)"),
+    EngineConfig("runtime-bf16-stepcache", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), step_cache=0.2),
+                 "the runtime in bf16 with the first-block step cache (threshold 0.2)"),
 ]
 
 
