@@ -117,10 +117,9 @@ def test_queue_full_at_once_under_a_burst(engine, image, monkeypatch):
         deadline = time.time() + 30
         while small.in_flight < 2 and time.time() < deadline:
             time.sleep(0.01)
-        start = time.perf_counter()
+        # both slots stay taken until `release` is set below, so this can only pass by refusing at once
         with pytest.raises(QueueFull, match="max_queue_size=2"):
             small.predict(image, "What happens next?", **SETTINGS)
-        assert time.perf_counter() - start < 5  # refused without waiting for a slot (generous bound)
         release.set()
         results = [f.result(timeout=60) for f in running]
     assert results[0].token_ids == results[1].token_ids

@@ -24,7 +24,7 @@ from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .prediction import Prediction, Timings
 from .request import (ImageInput, Settings, build_messages, check_prompt_length, load_images, resolve_settings)
 from .request_state import BranchAborted, RequestRegistry, RequestState
 from .threads import ThreadSplit, set_threads, use_threads
+
+if TYPE_CHECKING:
+    from .session import Session
 
 log = logging.getLogger(__name__)
 
