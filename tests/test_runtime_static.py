@@ -99,3 +99,27 @@ def test_static_kv_decode_equals_dynamic_cache_decode(engine, image):
         n = ref_prefill.cache.get_seq_length()
         assert cache.length == n
         torch.testing.assert_close(cache.keys[0, :, :, :n], ref_prefill.cache.layers[0].keys, rtol=1e-5, atol=1e-5)
+
+
+def test_static_kv_decode_step_compiles_once_with_fixed_shapes(engine, image):
+    """One fullgraph compile serves every decode step (the slot is a tensor, the shapes never change)."""
+    import torch._dynamo
+    request = engine.prepare(image, "What happens next?")
+    backbone = engine.model.backbone
+    with torch.inference_mode():
+        prefill = engine.prefill(request, engine.vision(request))
+        decoder = StaticDecoder(backbone.language_model, backbone.lm_head)
+        eager_cache, compiled_cache = (decoder.new_cache(prefill.cache.get_seq_length() + 4) for _ in range(2))
+        eager_cache.load(prefill.cache)
+        compiled_cache.load(prefill.cache)
+        compiled = torch.compile(decoder, fullgraph=True, dynamic=False)
+        position = prefill.next_position
+        for step, token in enumerate((5, 77, 301)):
+            ids = torch.tensor([[token]])
+            with torch._dynamo.config.patch(error_on_recompile=step > 0):
+                ours = compiled(ids, position, torch.tensor(compiled_cache.length), compiled_cache)
+            ref = decoder(ids, position, torch.tensor(eager_cache.length), eager_cache)
+            compiled_cache.length += 1
+            eager_cache.length += 1
+            position = position + 1
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

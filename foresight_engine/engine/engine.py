@@ -24,7 +24,7 @@ from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,10 @@ from .events import DenoiseStep, Done, Event, FramesReady, TextToken
 from .prediction import Prediction, Timings
 from .request import (ImageInput, Settings, build_messages, check_prompt_length, load_images, resolve_settings)
 from .request_state import BranchAborted, RequestRegistry, RequestState
-from .threads import ThreadSplit, use_threads
+from .threads import ThreadSplit, set_threads, use_threads
+
+if TYPE_CHECKING:
+    from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +239,12 @@ class Engine:
     def _video_branch(self, state: RequestState, request: PreparedRequest, world_latent: torch.Tensor,
                       timings: Timings) -> tuple[np.ndarray, torch.Tensor]:
         try:
-            threads = self.threads.video if self.overlap else self.threads.front
-            with torch.inference_mode(), state.holding(self._video_lock), use_threads(threads):
+            def threads() -> int:
+                if not self.overlap:
+                    return self.threads.front
+                return self.threads.video if state.text_done.is_set() else self.threads.video_shared
+
+            with torch.inference_mode(), state.holding(self._video_lock), use_threads(threads()):
                 state.check()
                 with _timed(timings, "adapter", state.started):
                     conditioning, conditioning_mask = self.adapt(world_latent)
@@ -246,6 +253,7 @@ class Engine:
                 def on_step(step: int, total: int) -> None:
                     state.emit(DenoiseStep(state.request_id, step, total))
                     state.check()
+                    set_threads(threads())  # all cores once the text branch is done
 
                 with _timed(timings, "denoise", state.started):
                     latents, grid = self.denoise(request, conditioning, conditioning_mask, generator, on_step)
@@ -276,9 +284,11 @@ class Engine:
                 shown = text
 
         threads = self.threads.text if self.overlap else self.threads.front
-        with torch.inference_mode(), use_threads(threads):
-            with _timed(timings, "text", state.started):
+        try:
+            with torch.inference_mode(), use_threads(threads), _timed(timings, "text", state.started):
                 return self.decode_text(prefill, request.settings.max_new_tokens, on_token)
+        finally:
+            state.text_done.set()
 
     # ------------------------------------------------------------------------------------------- stages
     def prepare(self, images, prompt=None, *, messages=None, **settings) -> PreparedRequest:
