@@ -12,10 +12,14 @@ STAGES = ("vision", "prefill", "adapter", "denoise", "vae", "text")
 
 @dataclass
 class Timings:
-    """Seconds per stage, and the whole step's wall time."""
+    """Seconds per stage, the whole step's wall time, and when each stage ran.
+
+    `spans[stage] = (start, end)` in seconds since the request started (one clock for every thread), so the
+    overlap of the text and video branches can be seen and plotted."""
 
     stages: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> float:
         if name in STAGES:
@@ -24,6 +28,21 @@ class Timings:
 
     def to_dict(self) -> dict[str, float]:
         return {**{s: round(self.stages.get(s, 0.0), 6) for s in STAGES}, "total": round(self.total, 6)}
+
+    def spans_dict(self) -> dict[str, list[float]]:
+        return {k: [round(a, 6), round(b, 6)] for k, (a, b) in self.spans.items()}
+
+    def overlap_fraction(self) -> float:
+        """Share of the shorter branch (text vs adapter..vae) that ran at the same time as the other; 0 when
+        either is missing."""
+        video = [self.spans[s] for s in ("adapter", "denoise", "vae") if s in self.spans]
+        if "text" not in self.spans or not video:
+            return 0.0
+        text = self.spans["text"]
+        video_span = (min(a for a, _ in video), max(b for _, b in video))
+        shared = max(0.0, min(text[1], video_span[1]) - max(text[0], video_span[0]))
+        shorter = min(text[1] - text[0], video_span[1] - video_span[0])
+        return shared / shorter if shorter > 0 else 0.0
 
 
 @dataclass
@@ -39,4 +58,5 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors)."""
         return {"text": self.text, "token_ids": list(self.token_ids), "timings": self.timings.to_dict(),
+                "spans": self.timings.spans_dict(),
                 "settings": dict(self.settings), "frames_shape": list(self.frames.shape)}

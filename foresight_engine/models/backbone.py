@@ -7,6 +7,7 @@ query tokens are never written into it and the text answer is exactly the plain 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ class PrefillOutput:
     cache: DynamicCache  # the prompt's keys/values only
     world_latent: torch.Tensor  # [B, Q, D]
     next_position: torch.Tensor  # [B] the (text) rope position of the first answer token
+    static_cache: Any = None  # the StaticKVCache the text decode wrote into (models/static_kv.py), if any
 
 
 class Backbone(nn.Module):
