@@ -22,7 +22,7 @@ from serve_helpers import LiveServer, png_bytes, wait_until
 
 SETTINGS = {"prompt": "What happens next?", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2,
             "max_new_tokens": 4, "seed": 3}
-LONG = {**SETTINGS, "num_inference_steps": 150}  # long enough to be cancelled mid-way
+LONG = {**SETTINGS, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 200}  # seconds: cancelled mid-way
 MAX_UPLOAD = 256 * 1024
 WARMUP = {"height": 32, "width": 32, "num_frames": 5}
 

@@ -68,10 +68,9 @@ class _Server:
         self.engine = engine
         self.options = options
         self.max_images = options.max_images or engine.config.processor.max_images
-        queue = getattr(engine, "max_queue_size", None) or 8
-        self.runner = EngineRunner(options.worker_threads or queue + 4)
+        self.runner = EngineRunner(options.worker_threads)
         self.videos = VideoStore(options.video_store_items, options.video_store_bytes)
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(lambda: engine.in_flight)
         self.warmup = Warmup(engine, self.runner, options)
 
     def call_kwargs(self, request: ClientRequest, request_id: str) -> dict[str, Any]:
@@ -170,11 +169,9 @@ async def _predict_until_disconnect(server: _Server, request: Request, client_re
         server.engine.cancel(request_id)
 
     watcher = asyncio.create_task(cancel_on_disconnect())
-    server.metrics.queue_depth.inc()
     try:
         return await server.runner.call(server.engine.predict, **server.call_kwargs(client_request, request_id))
     finally:
-        server.metrics.queue_depth.dec()
         watcher.cancel()
 
 
@@ -207,19 +204,15 @@ async def _stream(server: _Server, websocket: WebSocket) -> None:
             server.engine.cancel(request_id)
 
         watcher = asyncio.create_task(cancel_on_disconnect())
-        server.metrics.queue_depth.inc()
-        try:
-            kwargs = server.call_kwargs(client_request, request_id)
-            async for event in server.runner.iterate(lambda: server.engine.stream(**kwargs)):
-                if isinstance(event, Done):
-                    body = await server.result(request_id, event.prediction, client_request.video,
-                                               lambda vid: websocket.url_for("video", video_id=vid).path)
-                    await websocket.send_json({"type": "done", **body})
-                    status = 200
-                else:
-                    await websocket.send_json(event_message(event))
-        finally:
-            server.metrics.queue_depth.dec()
+        kwargs = server.call_kwargs(client_request, request_id)
+        async for event in server.runner.iterate(lambda: server.engine.stream(**kwargs)):
+            if isinstance(event, Done):
+                body = await server.result(request_id, event.prediction, client_request.video,
+                                           lambda vid: websocket.url_for("video", video_id=vid).path)
+                await websocket.send_json({"type": "done", **body})
+                status = 200
+            else:
+                await websocket.send_json(event_message(event))
     except WebSocketDisconnect:
         client_gone.set()
         server.engine.cancel(request_id)

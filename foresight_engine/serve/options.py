@@ -19,16 +19,17 @@ class ServeOptions:
     retry_after_s: int = 1  # Retry-After sent with 429 when the engine's queue is full
     warmup: bool = True  # run one small predict() before /readyz says ready
     warmup_settings: dict[str, Any] | None = None  # None: the preset's shape, 1 step, 1 token
-    worker_threads: int | None = None  # threads running engine calls; None: engine queue size + 4
+    # Threads waiting on engine calls (one per request in flight): keep it above the engine's max_queue_size,
+    # or requests wait for a thread here instead of being queued or refused (429) by the engine.
+    worker_threads: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "video_store_items", "video_store_bytes", "retry_after_s"):
+        for name in ("max_upload_bytes", "video_store_items", "video_store_bytes", "retry_after_s", "worker_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"serve option {name}={value!r} must be a positive integer")
-        for name in ("max_images", "worker_threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"serve option {name}={value!r} must be a positive integer or None")
+        value = self.max_images
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"serve option max_images={value!r} must be a positive integer or None")
         if self.video not in VIDEO_MODES:
             raise ConfigError(f"serve option video={self.video!r} must be one of {VIDEO_MODES}")
