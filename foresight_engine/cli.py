@@ -61,16 +61,10 @@ def _add_serve_parser(sub) -> None:
 def _serve(args) -> int:
     import uvicorn
 
-    from .engine import Engine
-    from .serve import create_app
-    if args.engine is not None:
-        if not hasattr(Engine, "load"):
-            raise ForesightError("--engine needs Engine.load (built artifacts), which this installation lacks; "
-                                 "use --preset")
-        engine = Engine.load(args.engine, max_queue_size=args.max_queue_size)
-    else:
-        engine = Engine.from_preset(args.preset, seed=args.seed_weights, max_queue_size=args.max_queue_size)
-    app = create_app(engine, max_upload_bytes=int(args.max_upload_mb * 2**20), video=args.video,
+    from .serve import EngineSource, create_app
+    source = EngineSource(engine_dir=args.engine and str(args.engine), preset=args.preset, seed=args.seed_weights,
+                          engine_kwargs={"max_queue_size": args.max_queue_size})
+    app = create_app(source.load(), max_upload_bytes=int(args.max_upload_mb * 2**20), video=args.video,
                      warmup=not args.no_warmup)
     uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "info")
     return 0
