@@ -3,20 +3,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 
 import httpx
 
 from foresight_engine.cli import build_parser
-from serve_helpers import png_bytes, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_helpers import free_port, png_bytes, wait_until
 
 
 def test_serve_binds_to_loopback_by_default():

@@ -14,8 +14,8 @@ pytest.importorskip("ray.serve")
 
 from foresight_engine.errors import ConfigError  # noqa: E402
 from foresight_engine.serve import EngineSource  # noqa: E402
-from foresight_engine.serve.ray import EngineDeployment, build_deployment, deployment_options  # noqa: E402
-from serve_helpers import LiveServer, png_bytes  # noqa: E402
+from foresight_engine.serve.ray import EngineDeployment, app, build_deployment, deployment_options  # noqa: E402
+from serve_helpers import LiveServer, free_port, png_bytes  # noqa: E402
 
 SETTINGS = {"prompt": "next?", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
 WARMUP = {"warmup_settings": {"height": 32, "width": 32, "num_frames": 5}}
@@ -58,15 +58,25 @@ def test_build_deployment_binds_the_replica_class():
     assert deployment.name == "foresight-engine"
 
 
+def test_serve_run_entry_point_parses_its_string_arguments():
+    bound = app({"preset": "tiny", "max_queue_size": "3", "num_replicas": "2"})._bound_deployment
+    assert bound.num_replicas == 2
+    source, _ = bound.init_args
+    assert source == EngineSource(preset="tiny", engine_kwargs={"max_queue_size": 3})
+    with pytest.raises(ConfigError, match="unknown argument"):
+        app({"preset": "tiny", "gpus": "1"})
+
+
 @pytest.mark.skipif(os.environ.get("FORESIGHT_RAY_TESTS") != "1", reason="set FORESIGHT_RAY_TESTS=1 (~50 s)")
 def test_local_ray_cluster_serves_http_and_websocket(image):
     import ray
     from ray import serve
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_deployment(EngineSource(preset="tiny"), app_options=WARMUP), route_prefix="/")
-        predict_and_stream("http://127.0.0.1:8765", "ws://127.0.0.1:8765", image)
+        predict_and_stream(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", image)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -5,6 +5,10 @@
     from foresight_engine.serve.ray import build_deployment
     serve.run(build_deployment(EngineSource(engine_dir="artifacts/small")), route_prefix="/")
 
+or on a cluster (`ray start --head` here, `ray start --address=HEAD:6379` on every GPU node):
+
+    serve run foresight_engine.serve.ray:app engine_dir=/shared/artifacts/small
+
 Ray Serve routes each request to a replica (its proxy forwards WebSockets too); `/v1/videos/{id}` is only on the
 replica that made the video, so behind several replicas ask for `video=base64`. Needs the `[ray]` extra.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from .app import create_app
 from .engine_source import EngineSource
 
@@ -52,3 +57,17 @@ def build_deployment(source: EngineSource, *, app_options: dict[str, Any] | None
     options = deployment_options(cluster_gpus() if num_gpus is None else num_gpus, num_replicas)
     deployment = serve.deployment(serve.ingress()(EngineDeployment), name=name, **options)
     return deployment.bind(source, app_options)
+
+
+def app(args: dict[str, str]):
+    """`serve run foresight_engine.serve.ray:app engine_dir=DIR | preset=P [seed=K max_queue_size=N
+    num_replicas=N]`: Ray Serve's application-builder entry point (its arguments arrive as strings)."""
+    known = {"engine_dir", "preset", "seed", "max_queue_size", "num_replicas"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"unknown argument(s) {unknown}; known: {sorted(known)}")
+    engine_kwargs = {"max_queue_size": int(args["max_queue_size"])} if "max_queue_size" in args else {}
+    source = EngineSource(engine_dir=args.get("engine_dir"), preset=args.get("preset"),
+                          seed=int(args.get("seed", 0)), engine_kwargs=engine_kwargs)
+    replicas = int(args["num_replicas"]) if "num_replicas" in args else None
+    return build_deployment(source, num_replicas=replicas)
