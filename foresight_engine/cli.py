@@ -64,9 +64,12 @@ def _serve(args) -> int:
     from .serve import EngineSource, create_app
     source = EngineSource(engine_dir=args.engine and str(args.engine), preset=args.preset, seed=args.seed_weights,
                           engine_kwargs={"max_queue_size": args.max_queue_size})
-    app = create_app(source.load(), max_upload_bytes=int(args.max_upload_mb * 2**20), video=args.video,
-                     warmup=not args.no_warmup)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "info")
+    max_upload = int(args.max_upload_mb * 2**20)
+    app = create_app(source.load(), max_upload_bytes=max_upload, video=args.video, warmup=not args.no_warmup)
+    # uvicorn drops WebSocket messages over ws_max_size unanswered; above the app's own limit (base64 text
+    # counts), the app answers with a 413 error message.
+    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=2 * max_upload,
+                log_level="debug" if args.verbose else "info")
     return 0
 
 

@@ -212,6 +212,20 @@ def test_stream_disconnect_cancels_the_request(served, image):
                httpx.get(f"{server.url}/metrics").text, what="the 499 in /metrics")
 
 
+def test_stream_cancel_message_stops_the_request(served, image):
+    server, _, spy = served
+    spy.outcomes.clear(), spy.steps.clear()
+    with connect(f"{server.ws_url}/v1/stream") as ws:
+        ws.send(json.dumps({**LONG, "images": [base64.b64encode(png_bytes(image)).decode()]}))
+        while json.loads(ws.recv())["type"] != "denoise":
+            pass
+        ws.send(json.dumps({"type": "cancel"}))
+        rest = [json.loads(m) for m in ws]
+    assert rest[-1]["type"] == "error" and rest[-1]["status"] == 499, rest[-1]
+    assert "cancelled" in rest[-1]["detail"] and "done" not in [m["type"] for m in rest]
+    assert isinstance(spy.outcomes[0], RequestCancelled) and max(spy.steps) < LONG["num_inference_steps"]
+
+
 def test_http_disconnect_cancels_the_request(served, image):
     server, engine, spy = served
     spy.outcomes.clear()
@@ -238,6 +252,17 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(image):
         assert rejected.headers["retry-after"] == "2" and "max_queue_size=1" in rejected.json()["detail"]
         metrics = httpx.get(f"{server.url}/metrics").text
         assert f'foresight_requests_total{{endpoint="predict",status="429"}} {codes.count(429)}.0' in metrics
+
+        # The WebSocket gets the same refusal as a typed message while a long stream holds the only slot.
+        request = {**LONG, "images": [base64.b64encode(png_bytes(image)).decode()]}
+        with connect(f"{server.ws_url}/v1/stream") as running:
+            running.send(json.dumps(request))
+            while json.loads(running.recv())["type"] != "denoise":
+                pass
+            with connect(f"{server.ws_url}/v1/stream") as refused:
+                refused.send(json.dumps(request))
+                replies = [json.loads(m) for m in refused]
+        assert [(m["type"], m["status"], m["retry_after_s"]) for m in replies] == [("error", 429, 2)]
 
 
 def test_health_readiness_and_metrics(served):

@@ -222,8 +222,11 @@ async def _stream(server: _Server, websocket: WebSocket) -> None:
             log.error("stream request %s failed", request_id, exc_info=exc)
         if not client_gone.is_set():
             try:
-                await websocket.send_json({"type": "error", "request_id": request_id, "status": error,
-                                           "detail": error_detail(exc, error)})
+                message = {"type": "error", "request_id": request_id, "status": error,
+                           "detail": error_detail(exc, error)}
+                if error == 429:
+                    message["retry_after_s"] = server.options.retry_after_s
+                await websocket.send_json(message)
                 status = error
             except WebSocketDisconnect:
                 client_gone.set()
