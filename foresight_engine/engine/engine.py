@@ -259,6 +259,7 @@ class Engine:
     def _text_branch(self, state: RequestState, request: PreparedRequest, prefill: PrefillOutput,
                      timings: Timings) -> list[int]:
         tokenizer = self.model.tokenizer
+        eos, limit = self.model.token_ids.eos, request.settings.max_new_tokens
         shown = ""
 
         def on_token(index: int, token_id: int, tokens: list[int]) -> None:
@@ -266,9 +267,11 @@ class Engine:
             state.check()
             if state.streaming:
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
-                new = "" if text.endswith("\ufffd") else text[len(shown):]  # hold an incomplete character
-                shown = shown if text.endswith("\ufffd") else text
-                state.emit(TextToken(state.request_id, index, token_id, new))
+                last = token_id == eos or index + 1 == limit
+                if text.endswith("\ufffd") and not last:
+                    text = shown  # hold an incomplete multi-byte character until the next token
+                state.emit(TextToken(state.request_id, index, token_id, text[len(shown):]))
+                shown = text
 
         threads = self.threads.text if self.overlap else self.threads.front
         with torch.inference_mode(), use_threads(threads):
