@@ -7,7 +7,7 @@
 
 or on a cluster (`ray start --head` here, `ray start --address=HEAD:6379` on every GPU node):
 
-    serve run foresight_engine.serve.ray:app engine_dir=/shared/artifacts/small
+    serve run foresight_engine.serve.ray:app engine_dir=/shared/artifacts/small device=cuda
 
 Ray Serve routes each request to a replica (its proxy forwards WebSockets too); `/v1/videos/{id}` is only on the
 replica that made the video, so behind several replicas ask for `video=base64`. Needs the `[ray]` extra.
@@ -60,13 +60,16 @@ def build_deployment(source: EngineSource, *, app_options: dict[str, Any] | None
 
 
 def app(args: dict[str, str]):
-    """`serve run foresight_engine.serve.ray:app engine_dir=DIR | preset=P [seed=K max_queue_size=N
-    num_replicas=N]`: Ray Serve's application-builder entry point (its arguments arrive as strings)."""
-    known = {"engine_dir", "preset", "seed", "max_queue_size", "num_replicas"}
+    """`serve run foresight_engine.serve.ray:app engine_dir=DIR | preset=P [device=cuda seed=K max_queue_size=N
+    num_replicas=N]`: Ray Serve's application-builder entry point (its arguments arrive as strings).
+    `device` goes to `Engine.load` (each GPU replica sees only its own GPU, as `cuda`)."""
+    known = {"engine_dir", "preset", "device", "seed", "max_queue_size", "num_replicas"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ConfigError(f"unknown argument(s) {unknown}; known: {sorted(known)}")
-    engine_kwargs = {"max_queue_size": int(args["max_queue_size"])} if "max_queue_size" in args else {}
+    engine_kwargs: dict[str, object] = {"device": args["device"]} if "device" in args else {}
+    if "max_queue_size" in args:
+        engine_kwargs["max_queue_size"] = int(args["max_queue_size"])
     source = EngineSource(engine_dir=args.get("engine_dir"), preset=args.get("preset"),
                           seed=int(args.get("seed", 0)), engine_kwargs=engine_kwargs)
     replicas = int(args["num_replicas"]) if "num_replicas" in args else None
