@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from foresight_engine import Engine
 from foresight_engine.engine.events import DenoiseStep
-from foresight_engine.errors import QueueFull, RequestCancelled
+from foresight_engine.errors import ConfigError, RequestCancelled
 from foresight_engine.serve import create_app
 from foresight_engine.serve.videos import encode_mp4
 from foresight_engine.video_io import read_video
@@ -291,3 +291,24 @@ def test_mounted_app_warms_up_lazily_and_serves_under_its_prefix(image, tmp_path
         assert response.status_code == 200, response.text
         assert response.json()["video_url"].startswith("/world/v1/videos/")
         assert httpx.get(server.url + response.json()["video_url"]).status_code == 200
+
+
+def test_failed_warm_up_keeps_readyz_at_503_with_the_reason():
+    engine = Engine.from_preset("tiny", seed=0)
+    with LiveServer(create_app(engine, warmup_settings={**WARMUP, "height": 33})) as server:
+        responses = []
+
+        def failed() -> bool:
+            responses.append(httpx.get(f"{server.url}/readyz"))
+            return "warm-up failed" in responses[-1].json()["status"]
+        wait_until(failed, what="the warm-up to fail")  # each probe retries it; it fails every time
+        assert responses[-1].status_code == 503 and "height=33" in responses[-1].json()["status"]
+        assert all(r.status_code == 503 for r in responses)
+
+
+def test_options_are_checked_when_the_app_is_created():
+    engine = Engine.from_preset("tiny", seed=0)
+    with pytest.raises(ConfigError, match="video='mp4'"):
+        create_app(engine, video="mp4")
+    with pytest.raises(ConfigError, match="max_upload_bytes=0"):
+        create_app(engine, max_upload_bytes=0)

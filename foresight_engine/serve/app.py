@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,9 @@ class Warmup:
         self._future = None
 
     def start(self) -> None:
-        if self._enabled and self._future is None:
+        """Start the warm-up, or retry it after a failure (e.g. QueueFull under a burst at startup)."""
+        failed = self._future is not None and self._future.done() and self._future.exception() is not None
+        if self._enabled and (self._future is None or failed):
             self._future = self._runner.submit(self._run)
 
     def _run(self) -> None:
@@ -102,7 +103,7 @@ def create_app(engine, **options) -> FastAPI:
     warm-up). Run it with uvicorn, or mount it in an existing app: `app.mount("/world", create_app(engine))`."""
     server = _Server(engine, ServeOptions(**options))
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         server.warmup.start()
         yield
@@ -117,8 +118,10 @@ def create_app(engine, **options) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        server.warmup.start()
         status = server.warmup.status()
+        server.warmup.start()  # lazily when mounted; again after a failed warm-up
+        if status == "not started":
+            status = server.warmup.status()
         return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
     @app.get("/metrics")
@@ -126,7 +129,7 @@ def create_app(engine, **options) -> FastAPI:
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
     @app.get("/v1/videos/{video_id}", name="video")
-    async def video(video_id: str) -> Response:
+    async def get_video(video_id: str) -> Response:
         data = server.videos.get(video_id)
         if data is None:
             return JSONResponse({"detail": f"no video {video_id!r} (unknown, or dropped from the store)"}, 404)
