@@ -191,7 +191,7 @@ async def _stream(server: _Server, websocket: WebSocket) -> None:
             return
         text = message.get("text")
         if text is None:
-            text = (message.get("bytes") or b"").decode("utf-8", "replace")
+            text = message.get("bytes") or b""
         if len(text) > server.options.max_upload_bytes:
             raise Rejected(413, f"request message of {len(text)} bytes exceeds the limit of "
                                 f"{server.options.max_upload_bytes} bytes")

@@ -52,14 +52,14 @@ def parse_settings(settings: Any, images: list[bytes], default_video: str, max_i
     return ClientRequest(images=images, kwargs=kwargs, video=video)
 
 
-def parse_settings_field(text: str) -> Any:
+def parse_settings_field(text: str | bytes) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(text)  # bytes: UTF-8 (or -16/-32), as JSON allows
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Rejected(422, f"settings is not valid JSON ({exc})") from None
 
 
-def parse_stream_message(text: str, default_video: str, max_images: int) -> ClientRequest:
+def parse_stream_message(text: str | bytes, default_video: str, max_images: int) -> ClientRequest:
     """The WebSocket's one request message: {"images": [base64 image files], ...settings}."""
     message = parse_settings_field(text)
     if not isinstance(message, dict):

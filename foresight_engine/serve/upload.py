@@ -56,6 +56,6 @@ async def read_multipart(request: Request, max_bytes: int, max_images: int) -> t
         if len(settings) != 1:
             raise Rejected(422, f"expected one `settings` field (a JSON object), got {len(settings)}")
         text = await settings[0].read() if isinstance(settings[0], UploadFile) else settings[0]
-        return images, parse_settings_field(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+        return images, parse_settings_field(text)
     finally:
         await form.close()
