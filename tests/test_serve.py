@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 
 import httpx
 import numpy as np
@@ -22,7 +21,8 @@ from serve_helpers import LiveServer, png_bytes, wait_until
 
 SETTINGS = {"prompt": "What happens next?", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2,
             "max_new_tokens": 4, "seed": 3}
-LONG = {**SETTINGS, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 200}  # seconds: cancelled mid-way
+# Seconds long uncancelled, so that a cancel lands mid-way.
+LONG = {**SETTINGS, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 200}
 MAX_UPLOAD = 256 * 1024
 WARMUP = {"height": 32, "width": 32, "num_frames": 5}
 
