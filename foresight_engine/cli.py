@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import ForesightError
+from .verify import cli as verify_cli
 
 log = logging.getLogger("foresight_engine")
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict_parser(sub)
     _add_serve_parser(sub)
+    verify_cli.add_parser(sub)
     return parser
 
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from foresight_engine.cli import main
 from foresight_engine.video_io import read_video
 
@@ -37,3 +39,21 @@ def test_bad_input_exits_2_with_message(tmp_path, capsys):
     assert code == 2
     assert "num_frames=6" in capsys.readouterr().err
     assert not (tmp_path / "prediction.mp4").exists()
+
+
+def test_verify_subcommand_writes_strict_json(tmp_path, capsys):
+    import numpy as np
+    from foresight_engine.video_io import write_mp4
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    write_mp4(clip, tmp_path / "a.mp4", fps=8)
+    write_mp4(np.clip(clip.astype(int) + 20, 0, 255).astype(np.uint8), tmp_path / "b.mp4", fps=8)
+    code = main(["verify", "--pred", str(tmp_path / "a.mp4"), "--actual", str(tmp_path / "a.mp4"),
+                 "--json", str(tmp_path / "same.json")])
+    assert code == 0
+    same = json.loads((tmp_path / "same.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert same["psnr"] == "inf" and same["ssim"] == pytest.approx(1.0)
+    assert main(["verify", "--pred", str(tmp_path / "a.mp4"), "--actual", str(tmp_path / "b.mp4"),
+                 "--json", str(tmp_path / "diff.json")]) == 0
+    diff = json.loads((tmp_path / "diff.json").read_text())
+    assert 5 < diff["psnr"] < 60 and diff["lpips"] is None and "FORESIGHT_LPIPS_WEIGHTS" in diff["lpips_missing"]
