@@ -40,6 +40,7 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--fps", type=int, help="frame rate of the video (default: the preset's)")
+    p.add_argument("--actual", type=Path, help="the video of what really happened: verify the prediction against it")
     p.set_defaults(func=_predict)
 
 
@@ -116,7 +117,8 @@ def _predict(args) -> int:
     engine = _load_engine(args)
     events = engine.stream([str(p) for p in args.image], args.prompt, height=args.height, width=args.width,
                            num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                           max_new_tokens=args.max_new_tokens, seed=args.seed, frame_rate=args.fps)
+                           max_new_tokens=args.max_new_tokens, seed=args.seed, frame_rate=args.fps,
+                           actual=args.actual)
     pred = _stream_prediction(engine, events)
     args.out.mkdir(parents=True, exist_ok=True)
     video = write_mp4(pred.frames, args.out / "prediction.mp4", fps=pred.settings["frame_rate"])
@@ -125,6 +127,8 @@ def _predict(args) -> int:
     _write_json(args.out / "prediction.json", summary)
     print(f"answer: {pred.text!r}")
     print("timings (s): " + ", ".join(f"{k}={v:.3f}" for k, v in pred.timings.to_dict().items()))
+    if pred.verification is not None:
+        print(pred.verification.summary())
     print(f"video: {video}")
     print(f"json:  {args.out / 'prediction.json'}")
     return 0

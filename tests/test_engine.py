@@ -1,5 +1,6 @@
 """Engine.predict(): determinism, that every input really reaches the outputs, multi-image context."""
 import numpy as np
+import pytest
 import torch
 
 SETTINGS = dict(num_inference_steps=2, max_new_tokens=4)
@@ -77,3 +78,21 @@ def test_messages_and_prompt_agree(engine, image):
     by_prompt = engine.prepare(image, "What happens next?")
     by_messages = engine.prepare(image, messages=[{"role": "user", "content": "What happens next?"}])
     assert torch.equal(by_prompt.input_ids, by_messages.input_ids)
+
+
+def test_predict_verifies_against_the_actual_clip(engine, image, tmp_path):
+    from foresight_engine.errors import InvalidInputError
+    from foresight_engine.verify import verify
+    from foresight_engine.video_io import read_video, write_mp4
+    pred = engine.predict(image, "What happens next?", seed=1, **SETTINGS)
+    actual = np.clip(pred.frames.astype(int) + 12, 0, 255).astype(np.uint8)
+    checked = engine.predict(image, "What happens next?", seed=1, actual=actual, **SETTINGS)
+    direct = verify(pred.frames, actual)
+    assert checked.verification.psnr == direct.psnr and checked.verification.ssim == direct.ssim
+    assert np.isfinite(checked.verification.psnr) and checked.verification.alignment == "none"
+    assert "verification" in checked.to_dict() and checked.timings.to_dict()["verify"] > 0
+    write_mp4(pred.frames, tmp_path / "same.mp4", fps=24)  # a path works too (H.264 is lossy: not identical)
+    from_path = engine.predict(image, "What happens next?", seed=1, actual=tmp_path / "same.mp4", **SETTINGS)
+    assert from_path.verification.psnr == verify(pred.frames, read_video(tmp_path / "same.mp4")[0]).psnr
+    with pytest.raises(InvalidInputError, match="actual"):
+        engine.predict(image, "What happens next?", actual=np.zeros((2, 8, 8), np.uint8), **SETTINGS)

@@ -40,6 +40,8 @@ from ..models.glp import GLPModel
 from ..models.static_denoiser import GraphedDenoiseLoop, StaticDenoiser
 from ..models.static_kv import StaticDecoder
 from ..models.video_decoder import LatentGrid, VideoDecoder
+from ..verify import verify
+from ..verify.clips import load_clip
 from .events import DenoiseStep, Done, Event, FramesReady, TextToken
 from .prediction import Prediction, Timings
 from .request import (ImageInput, Settings, build_messages, check_prompt_length, load_images, resolve_settings)
@@ -64,6 +66,7 @@ class PreparedRequest:
     pixel_values: torch.Tensor  # [N_patches, C*T*P*P]
     image_grid_thw: torch.Tensor  # [n_images, 3]
     mm_token_type_ids: torch.Tensor  # [1, S]
+    actual: np.ndarray | None = None  # uint8 [F, H, W, 3]: what really happened, to verify the prediction against
 
 
 @dataclass
@@ -117,13 +120,14 @@ class Engine:
                 num_frames: int | None = None, num_inference_steps: int | None = None,
                 guidance_scale: float | None = None, max_new_tokens: int | None = None, seed: int = 0,
                 frame_rate: int | None = None, request_id: str | None = None, timeout_s: float | None = None,
-                on_step: Callable[[int, int], None] | None = None) -> Prediction:
+                on_step: Callable[[int, int], None] | None = None, actual=None) -> Prediction:
         """One reasoning step. `images`: one or more (the last one is the video's first frame); give `prompt`
-        (one user turn) or `messages` (a chat). Unset settings take the preset's defaults. Safe to call from
-        many threads; raises `QueueFull` at once when `max_queue_size` requests are in flight."""
+        (one user turn) or `messages` (a chat). Unset settings take the preset's defaults. `actual` (a video path
+        or uint8 [F, H, W, 3]) verifies the predicted clip against what really happened: `Prediction.verification`.
+        Safe to call from many threads; raises `QueueFull` at once when `max_queue_size` requests are in flight."""
         request = self.prepare(images, prompt, messages=messages, height=height, width=width, num_frames=num_frames,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                               max_new_tokens=max_new_tokens, seed=seed, frame_rate=frame_rate)
+                               max_new_tokens=max_new_tokens, seed=seed, frame_rate=frame_rate, actual=actual)
         emit = None
         if on_step is not None:
             emit = lambda e: on_step(e.step, e.total) if isinstance(e, DenoiseStep) else None  # noqa: E731
@@ -230,10 +234,15 @@ class Engine:
         else:
             frames, video_latent = self._video_branch(state, request, prefill.world_latent, timings)
             token_ids = self._text_branch(state, request, prefill, timings)
+        verification = None
+        if request.actual is not None:
+            with _timed(timings, "verify", state.started):
+                verification = verify(frames, request.actual)
         timings.total = time.perf_counter() - state.started
         text = self.model.tokenizer.decode(token_ids, skip_special_tokens=True)
         prediction = Prediction(text=text, token_ids=token_ids, frames=frames, world_latent=prefill.world_latent[0],
-                                video_latent=video_latent, timings=timings, settings=request.settings.to_dict())
+                                video_latent=video_latent, timings=timings, settings=request.settings.to_dict(),
+                                verification=verification)
         return prediction, prefill
 
     def _video_branch(self, state: RequestState, request: PreparedRequest, world_latent: torch.Tensor,
@@ -291,9 +300,10 @@ class Engine:
             state.text_done.set()
 
     # ------------------------------------------------------------------------------------------- stages
-    def prepare(self, images, prompt=None, *, messages=None, **settings) -> PreparedRequest:
+    def prepare(self, images, prompt=None, *, messages=None, actual=None, **settings) -> PreparedRequest:
         """Validate everything and run the (cheap) processor; raises before any model runs."""
         s = resolve_settings(self.config, **settings)
+        actual_frames = None if actual is None else load_clip(actual, "actual")
         pil = load_images(images, self.config.processor.max_images)
         chat = build_messages(prompt, messages, len(pil))
         processor = self.model.processor
@@ -303,7 +313,8 @@ class Engine:
                             self.config.adapter.num_query_tokens, s.max_new_tokens,
                             self.config.text.max_position_embeddings)
         return PreparedRequest(settings=s, images=pil, input_ids=enc["input_ids"], pixel_values=enc["pixel_values"],
-                               image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=enc["mm_token_type_ids"])
+                               image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=enc["mm_token_type_ids"],
+                               actual=actual_frames)
 
     def vision(self, request: PreparedRequest, first_image: int = 0) -> torch.Tensor | None:
         """Visual tokens of images[first_image:]: [N_visual, D_vlm] (None when there are none)."""

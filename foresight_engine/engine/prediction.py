@@ -27,7 +27,8 @@ class Timings:
         raise AttributeError(name)
 
     def to_dict(self) -> dict[str, float]:
-        return {**{s: round(self.stages.get(s, 0.0), 6) for s in STAGES}, "total": round(self.total, 6)}
+        optional = {s: round(v, 6) for s, v in self.stages.items() if s not in STAGES}  # e.g. "verify"
+        return {**{s: round(self.stages.get(s, 0.0), 6) for s in STAGES}, **optional, "total": round(self.total, 6)}
 
     def spans_dict(self) -> dict[str, list[float]]:
         return {k: [round(a, 6), round(b, 6)] for k, (a, b) in self.spans.items()}
@@ -54,9 +55,12 @@ class Prediction:
     video_latent: torch.Tensor  # normalised LTX latents [C, f, h, w]
     timings: Timings
     settings: dict[str, Any]
+    verification: Any = None  # foresight_engine.verify.Verification when `actual=` was given
+
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors)."""
         return {"text": self.text, "token_ids": list(self.token_ids), "timings": self.timings.to_dict(),
                 "spans": self.timings.spans_dict(),
-                "settings": dict(self.settings), "frames_shape": list(self.frames.shape)}
+                "settings": dict(self.settings), "frames_shape": list(self.frames.shape),
+                **({"verification": self.verification.to_dict()} if self.verification is not None else {})}
