@@ -121,4 +121,10 @@ class PrecisionPolicy:
         return cls.from_dict(json.loads(text))
 
 
-__all__ = ["COMPONENTS", "FP8_KEEP_HIGH", "Precision", "PrecisionPolicy"]
+def apply_policy(components: dict[str, torch.nn.Module], policy: PrecisionPolicy) -> None:
+    """Cast each component (in place) to the dtype its policy entry stores and runs in."""
+    for name, module in components.items():
+        module.to(policy.dtype(name))
+
+
+__all__ = ["COMPONENTS", "FP8_KEEP_HIGH", "Precision", "PrecisionPolicy", "apply_policy"]

@@ -53,6 +53,13 @@ class Engine:
         return cls(GLPModel.from_preset(name, seed), **kwargs)
 
     @classmethod
+    def load(cls, directory: str | Path, *, device: str = "cpu", **kwargs) -> "Engine":
+        """An engine over a built artifact (`foresight-engine build`); its manifest, versions and file hashes are
+        verified before anything is deserialized (`ArtifactError("rebuild needed: ...")` otherwise)."""
+        from .artifact_loader import load_model
+        return cls(load_model(directory, device)[0], **kwargs)
+
+    @classmethod
     def from_pretrained(cls, vlm: str | Path, decoder: str | Path, glue: str | Path, *, lora: str | Path | None = None,
                         **kwargs) -> "Engine":
         progress = kwargs.pop("progress", False)
