@@ -34,9 +34,10 @@ class Precision(str, enum.Enum):
 
     @property
     def storage_dtype(self) -> torch.dtype:
-        """The dtype weights are stored and run in (fp8 Linears keep bf16 master weights)."""
-        return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16,
-                Precision.FP8: torch.bfloat16}[self]
+        """The dtype weights are stored and run in (fp8: see `PrecisionPolicy.dtype`)."""
+        if self == Precision.FP8:
+            raise ConfigError("fp8 weights are stored in the policy's `high` precision: use PrecisionPolicy.dtype")
+        return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self]
 
 
 # Layers an fp8 policy keeps in `high`: the final projections and embeddings (PTQ error concentrates there).
@@ -68,16 +69,16 @@ class PrecisionPolicy:
             object.__setattr__(self, "keep_high", tuple(self.keep_high))
 
     @classmethod
-    def for_precision(cls, precision: "str | Precision") -> "PrecisionPolicy":
-        """The default policy of a requested precision."""
-        p = Precision.parse(precision)
+    def for_precision(cls, precision: "str | Precision", high: "str | Precision" = "bf16") -> "PrecisionPolicy":
+        """The default policy of a requested precision; `high` is what fp8 keeps its sensitive parts in."""
+        p, high = Precision.parse(precision), Precision.parse(high)
         if p == Precision.FP16:
             # fp16 overflows in the VAE's decoder convolutions: keep it in fp32
             return cls(p, p, p, p, Precision.FP32)
         if p == Precision.FP8:
-            # fp8 where the FLOPs are (the two transformers' Linears); vision, VAE and the sensitive layers in bf16
-            b = Precision.BF16
-            return cls(b, p, b, p, b, keep_high=FP8_KEEP_HIGH, high=b)
+            # fp8 where the FLOPs are (the two transformers' Linears); vision, adapter, VAE and the sensitive
+            # layers in `high`
+            return cls(high, p, high, p, high, keep_high=FP8_KEEP_HIGH, high=high)
         return cls(p, p, p, p, p)
 
     def of(self, component: str) -> Precision:
@@ -86,7 +87,9 @@ class PrecisionPolicy:
         return getattr(self, component)
 
     def dtype(self, component: str) -> torch.dtype:
-        return self.of(component).storage_dtype
+        """What the component's weights are stored and run in (fp8 Linears keep `high` master weights)."""
+        p = self.of(component)
+        return self.high.storage_dtype if p == Precision.FP8 else p.storage_dtype
 
     def keeps_high(self, module_name: str) -> bool:
         """Whether layer `module_name` of an fp8 component stays in `high`."""

@@ -7,6 +7,7 @@ and the processor; `compile` adds nothing (its options are in the manifest: the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import BackendUnavailable, ConfigError
 from ..models.export_spec import BuildShape, ExportSpec, export_specs
 from ..models.glp import GLPModel
 from ..models.weights import save_safetensors
+from . import fp8
 from .plan import BuildPlan
 
 log = logging.getLogger(__name__)
@@ -80,29 +82,36 @@ def _relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return float((a - r).norm() / r.norm().clamp_min(1e-30))
 
 
-def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path, opset: int) -> dict[str, Any]:
-    """Export one stage with torch.onnx (dynamo), then run it in ONNX Runtime on fresh sample inputs and compare
-    with the eager stage. Returns the stage's manifest entry."""
+def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path, opset: int,
+                scales: fp8.Fp8Scales | None = None) -> dict[str, Any]:
+    """Export one stage with torch.onnx (dynamo); with FP8 `scales`, insert float8 Q/DQ in front of the calibrated
+    Linears. Then run it in ONNX Runtime on fresh sample inputs against the eager stage (FP8-simulated when
+    quantized: the two must agree to fp32 rounding). Returns the stage's manifest entry."""
     module = spec.wrap(model, shape).eval()
-    inputs = spec.sample_inputs(shape)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):  # the exporter prints progress
-        torch.onnx.export(module, inputs, str(path), input_names=list(spec.input_names),
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+        torch.onnx.export(module, spec.sample_inputs(shape), str(path), input_names=list(spec.input_names),
                           output_names=list(spec.output_names), dynamo=True, dynamic_shapes=_dynamic_shapes(spec),
                           opset_version=opset, external_data=False)
+    entry: dict[str, Any] = {"backend": "onnx", "file": f"{spec.component}/{path.name}"}
+    if scales is not None:
+        fp8.insert_qdq(path, scales, out_path=path)
+        module = fp8.apply_fp8_simulation(copy.deepcopy(module), scales)
+        entry.update(fp8_scales=f"{spec.component}/{spec.name}.fp8.safetensors", fp8_layers=len(scales))
     check = spec.sample_inputs(shape, seed=1)
     with torch.inference_mode():
         expected = module(*check)
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = OnnxStage(path)(*check)
-    errors = {name: _relative_error(g, e.float()) for name, g, e in zip(spec.output_names, got, expected)
-              if e.is_floating_point()}
-    log.info("exported %s -> %s; ONNX Runtime vs eager relative L2 %s", spec.name, path.name, errors)
-    return {"backend": "onnx", "file": str(path.relative_to(path.parent.parent)), "ort_vs_eager": errors}
+    entry["ort_vs_eager"] = {name: _relative_error(g, e.float()) for name, g, e in
+                             zip(spec.output_names, got, expected) if e.is_floating_point()}
+    log.info("exported %s -> %s; ONNX Runtime vs eager relative L2 %s", spec.name, path.name, entry["ort_vs_eager"])
+    return entry
 
 
-def write_stages(model: GLPModel, plan: BuildPlan, out: Path) -> dict[str, dict[str, Any]]:
-    """Component manifest entries: {component: {precision, stages: {stage: entry}, note}}; writes ONNX files."""
+def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
+                 scales: dict[str, fp8.Fp8Scales]) -> dict[str, dict[str, Any]]:
+    """Component manifest entries: {component: {precision, stages: {stage: entry}}}; writes the ONNX files."""
     specs = export_specs(model.config)
     components: dict[str, dict[str, Any]] = {name: {"precision": plan.policy.of(name).value, "stages": {}}
                                              for name in model.components()}
@@ -110,6 +119,6 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path) -> dict[str, dict[
         entry = stage.to_dict()
         if stage.backend in ("onnx", "tensorrt"):
             entry.update(export_onnx(model, specs[name], plan.shape, out / stage.component / f"{name}.onnx",
-                                     plan.factors.options["opset"]))
+                                     plan.factors.options["opset"], scales.get(name)))
         components[stage.component]["stages"][name] = entry
     return components
