@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .builders import cli as builders_cli
 from .errors import ForesightError
 
 log = logging.getLogger("foresight_engine")
@@ -26,6 +27,7 @@ def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="run one reasoning step: text answer + predicted video",
                        description="Run one reasoning step and write DIR/prediction.mp4 and DIR/prediction.json.")
     _add_model_args(p)
+    p.add_argument("--engine", type=Path, help="a built artifact directory (foresight-engine build) to run")
     p.add_argument("--image", type=Path, action="append", required=True,
                    help="input image; repeat for several (the last one is the video's first frame)")
     p.add_argument("--prompt", required=True, help="the user's question")
@@ -43,6 +45,8 @@ def _add_predict_parser(sub) -> None:
 
 def _load_engine(args):
     from .engine import Engine
+    if getattr(args, "engine", None) is not None:
+        return Engine.load(args.engine, progress=True)
     real = [args.vlm, args.decoder, args.glue]
     if any(real):
         if not all(real):
@@ -80,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict_parser(sub)
+    builders_cli.add_parsers(sub, _add_model_args)
     return parser
 
 

@@ -77,6 +77,18 @@ def _dynamic_shapes(spec: ExportSpec) -> tuple[Any, ...]:
                  if n in spec.dynamic_axes else None for n in spec.input_names)
 
 
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     a, r = actual.double(), reference.double()
     return float((a - r).norm() / r.norm().clamp_min(1e-30))
@@ -89,7 +101,7 @@ def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path
     quantized: the two must agree to fp32 rounding). Returns the stage's manifest entry."""
     module = spec.wrap(model, shape).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+    with contextlib.redirect_stdout(io.StringIO()), _quiet("onnx_ir", "onnxscript"):  # the exporter is chatty
         torch.onnx.export(module, spec.sample_inputs(shape), str(path), input_names=list(spec.input_names),
                           output_names=list(spec.output_names), dynamo=True, dynamic_shapes=_dynamic_shapes(spec),
                           opset_version=opset, external_data=False)
@@ -102,7 +114,7 @@ def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path
     with torch.inference_mode():
         expected = module(*check)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    got = OnnxStage(path)(*check)
+    got = OnnxStage(path, quantized=scales is not None)(*check)
     entry["ort_vs_eager"] = {name: _relative_error(g, e.float()) for name, g, e in
                              zip(spec.output_names, got, expected) if e.is_floating_point()}
     log.info("exported %s -> %s; ONNX Runtime vs eager relative L2 %s", spec.name, path.name, entry["ort_vs_eager"])

@@ -62,17 +62,19 @@ def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str, d
 def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str = "eager",
           precision: str | Precision | PrecisionPolicy = "fp32", shape: BuildShape | None = None,
           steps: int | None = None, calibration: list[CalibrationSample] | None = None, gate: bool = True,
-          thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False) -> BuildResult:
+          thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False,
+          stages: tuple[str, ...] | None = None) -> BuildResult:
     """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring."""
     start = time.perf_counter()
     check_backend_available(backend, device)
     policy = resolve_policy(precision, backend, device)
     reference = source if isinstance(source, GLPModel) else source.load()
     shape = shape or BuildShape.for_config(reference.config)
-    fp8_stages = [s for s in export_specs(reference.config).values() if policy.of(s.component) == Precision.FP8]
+    fp8_stages = [s for s in export_specs(reference.config).values()
+                  if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
     batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
     calib_hash = fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage]) if batches else None
-    plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash)
+    plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash, stages)
     out_dir = Path(out_dir)
     if dry_run:
         return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,

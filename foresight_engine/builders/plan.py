@@ -97,12 +97,20 @@ def _memory(model: GLPModel, policy: PrecisionPolicy, specs: dict[str, ExportSpe
 
 
 def resolve_plan(model: GLPModel, weights_hash: str, backend: str, policy: PrecisionPolicy, shape: BuildShape,
-                 device: str = "cpu", calibration_hash: str | None = None) -> BuildPlan:
+                 device: str = "cpu", calibration_hash: str | None = None,
+                 stages: tuple[str, ...] | None = None) -> BuildPlan:
+    """`stages` limits which stages `backend` builds (default: all it can); the others run eager."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     shape.check(model.config)
     specs = export_specs(model.config)
-    skipped = SKIPPED[backend]
+    unknown = sorted(set(stages or ()) - set(specs))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(specs)}")
+    skipped = dict(SKIPPED[backend])
+    if stages is not None and backend != "eager":
+        skipped.update({name: "not selected (stages=...): runs eager" for name in specs
+                        if name not in stages and name not in skipped})
     stages = {name: StagePlan(name, spec.component, "eager" if name in skipped else backend, spec.profile(shape),
                               skipped.get(name, "")) for name, spec in specs.items()}
     dev = device_info(device)
@@ -111,6 +119,7 @@ def resolve_plan(model: GLPModel, weights_hash: str, backend: str, policy: Preci
         options = dict(COMPILE_OPTIONS["cuda" if dev["type"] == "cuda" else "cpu"])
     elif backend in ("onnx", "tensorrt"):
         options = dict(ONNX_OPTIONS)
+    options["stage_backends"] = {n: s.backend for n, s in stages.items()}
     factors = KeyFactors(
         config=model.config.to_dict(), weights_hash=weights_hash, precision=policy.to_dict(),
         shapes={"build": shape.to_dict(), "stages": {n: s.to_dict()["profile"] for n, s in stages.items()}},

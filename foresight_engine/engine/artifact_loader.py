@@ -38,9 +38,10 @@ def _stage_functions(model: GLPModel, manifest: Manifest, directory: Path, shape
                 continue
             if backend == "compile":
                 # CPU artifacts hold the compile options, not compiled code: compile here (lazily, at the first call)
-                functions[stage] = torch.compile(specs[stage].wrap(model, shape).eval(), **manifest.factors.options)
+                options = {k: manifest.factors.options[k] for k in ("fullgraph", "dynamic", "mode")}
+                functions[stage] = torch.compile(specs[stage].wrap(model, shape).eval(), **options)
             elif backend == "onnx":
-                functions[stage] = OnnxStage(directory / info["file"], device.type)
+                functions[stage] = OnnxStage(directory / info["file"], device.type, quantized="fp8_scales" in info)
             else:
                 raise ArtifactError(f"rebuild needed: stage {stage} was built for backend {backend!r}, which this "
                                     "engine cannot run here (build with --backend onnx, compile or eager)")

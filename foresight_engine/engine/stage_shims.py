@@ -34,11 +34,14 @@ def onnx_providers(device_type: str) -> list[str]:
 class OnnxStage:
     """An ONNX Runtime session called like the stage wrapper it was exported from: tensors in, tensors out."""
 
-    def __init__(self, path: Path, device_type: str = "cpu", threads: int = 0):
+    def __init__(self, path: Path, device_type: str = "cpu", quantized: bool = False, threads: int = 0):
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        if quantized:
+            # ORT's extended optimizations fuse/move float8 Q/DQ into ops with no float8 CPU kernel
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device_type))
         self.input_names = [i.name for i in self.session.get_inputs()]
 
