@@ -52,6 +52,12 @@ class OnnxStage:
         return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in self.session.run(None, feeds))
 
 
+def _canonical(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Stage inputs as they were built: floating point in fp32, contiguous (a compiled stage guards on dtype and
+    strides, an ONNX session needs its declared types), so an upstream bf16 component cannot force a recompile."""
+    return tuple((x.float() if x.is_floating_point() else x).contiguous() for x in inputs)
+
+
 def _outputs(result) -> tuple[torch.Tensor, ...]:
     return result if isinstance(result, (tuple, list)) else (result,)
 
@@ -65,7 +71,7 @@ class StagedAdapter(nn.Module):
         self.stage = stage
 
     def forward(self, world_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cond, mask = _outputs(self.stage(world_latent))
+        cond, mask = _outputs(self.stage(*_canonical(world_latent)))
         return cond, mask.long()
 
 
@@ -87,7 +93,7 @@ class StagedVideoDecoder(VideoDecoder):
             raise ArtifactError(f"rebuild needed: this artifact's denoising step is built for (grid, RoPE scale, "
                                 f"batch) {built}; the request needs {wanted} (build with the request's "
                                 "--frames/--height/--width, and guidance on or off as requested)")
-        return _outputs(self.stage(latents, conditioning, conditioning_mask, timestep))[0].float()
+        return _outputs(self.stage(*_canonical(latents, conditioning, conditioning_mask, timestep)))[0].float()
 
 
 class StagedVAE(VideoVAE):
@@ -102,7 +108,7 @@ class StagedVAE(VideoVAE):
         if tuple(latents.shape) != self.latent_shape:
             raise ArtifactError(f"rebuild needed: this artifact's VAE decode is built for latents {self.latent_shape}, "
                                 f"got {tuple(latents.shape)}")
-        return _outputs(self.stage(latents))[0].float()
+        return _outputs(self.stage(*_canonical(latents)))[0].float()
 
 
 class StagedBackbone(Backbone):
@@ -121,14 +127,14 @@ class StagedBackbone(Backbone):
     def prefill(self, embeds, position_ids, cache=None) -> PrefillOutput:
         if self.prefill_stage is None or cache is not None:  # a continued session runs eager
             return super().prefill(embeds, position_ids, cache)
-        logits, world_latent, keys, values = _outputs(self.prefill_stage(embeds, position_ids))
+        logits, world_latent, keys, values = _outputs(self.prefill_stage(*_canonical(embeds, position_ids)))
         return PrefillOutput(logits=logits.float(), cache=unstack_cache(keys, values, self.language_model.config),
                              world_latent=world_latent, next_position=position_ids.amax(dim=(0, 2)) + 1)
 
     def decode_step(self, token_ids, position, cache) -> torch.Tensor:
         if self.decode_stage is None:
             return super().decode_step(token_ids, position, cache)
-        logits, keys, values = _outputs(self.decode_stage(token_ids, position, *stack_cache(cache)))
+        logits, keys, values = _outputs(self.decode_stage(*_canonical(token_ids, position, *stack_cache(cache))))
         for i in range(keys.shape[0]):  # append the new position, as the eager step does
             cache.update(keys[i, :, :, -1:].to(self.dtype), values[i, :, :, -1:].to(self.dtype), i)
         return logits.float()
