@@ -45,19 +45,20 @@ from ..errors import AccuracyGateError, ConfigError, InvalidInputError
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 
 
-def _as_float64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
-    if not isinstance(t, torch.Tensor):
-        raise InvalidInputError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    return t.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+def _as_tensor(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    raise InvalidInputError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
 
 
 def _pair(actual, reference) -> tuple[torch.Tensor, torch.Tensor]:
-    if tuple(actual.shape) != tuple(reference.shape):
-        raise InvalidInputError(
-            f"shape mismatch: actual {tuple(actual.shape)} vs reference {tuple(reference.shape)}"
-        )
-    return _as_float64(actual, "actual"), _as_float64(reference, "reference")
+    """Both flattened to float64 on the CPU, after checking that their shapes match."""
+    a, r = _as_tensor(actual, "actual"), _as_tensor(reference, "reference")
+    if a.shape != r.shape:
+        raise InvalidInputError(f"shape mismatch: actual {tuple(a.shape)} vs reference {tuple(r.shape)}")
+    return a.to("cpu", torch.float64).reshape(-1), r.to("cpu", torch.float64).reshape(-1)
 
 
 def relative_l2(actual: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> float:
@@ -82,8 +83,8 @@ def cosine(actual: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarr
 def psnr(frames: np.ndarray | torch.Tensor, reference_frames: np.ndarray | torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of uint8 frames (data range 255); identical frames -> inf."""
     for what, f in (("frames", frames), ("reference_frames", reference_frames)):
-        dtype = f.dtype
-        if dtype not in (np.uint8, torch.uint8):
+        dtype = _as_tensor(f, what).dtype
+        if dtype != torch.uint8:
             raise InvalidInputError(f"{what} must be uint8 video frames, got dtype {dtype}")
     a, r = _pair(frames, reference_frames)
     mse = torch.mean((a - r) ** 2).item()

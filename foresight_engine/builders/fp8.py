@@ -97,7 +97,7 @@ class Fp8Scales:
         for name, pair in sorted(self.amax.items()):
             if not isinstance(name, str):
                 raise CalibrationError(f"FP8 scale layer names must be strings, got {name!r}")
-            values = tuple(float(np.float32(v)) for v in pair)
+            values = tuple(float(np.float32(v)) for v in pair) if isinstance(pair, (tuple, list)) else ()
             if len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
                 raise CalibrationError(f"FP8 amax of {name!r} must be two finite values >= 0, got {pair!r}")
             clean[name] = values
@@ -145,6 +145,8 @@ class Fp8Scales:
                 doc = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise ArtifactError(f"rebuild needed: cannot read FP8 scales {path}: {exc}") from exc
+            if not isinstance(doc, dict):
+                raise ArtifactError(f"rebuild needed: {path} is not an FP8 scales document")
             meta, amax = doc, doc.get("amax", {})
         else:
             # read_safetensors refuses anything that is not .safetensors
