@@ -246,6 +246,7 @@ def check_gate(
     lines = gate_failures(report, thresholds, per_component)
     if lines:
         raise AccuracyGateError(
-            f"accuracy gate failed for the {report.precision} build ({len(lines)} missed; --no-gate skips the gate):\n  "
+            f"accuracy gate failed for the {report.precision} build ({len(lines)} missed; "
+            "--no-gate skips the gate):\n  "
             + "\n  ".join(lines)
         )

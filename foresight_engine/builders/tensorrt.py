@@ -9,7 +9,8 @@
   weakly-typed precision flags ``fp16``/``bf16``/``fp8`` (only with ``strongly_typed=False``, TensorRT 10 only),
   ``workspace_bytes`` and ``optimization_level`` (0-5, TensorRT's default 3).
 - ``timing_cache_key(trt_version, sm)`` / ``timing_cache_path(cache_dir, trt_version, sm)``: timing caches are only
-  valid for one TensorRT version on one GPU architecture, so both are in the file name (``timing-trt10.3.0-sm90.cache``).
+  valid for one TensorRT version on one GPU architecture, so both are in the file name
+  (``timing-trt10.3.0-sm90.cache``).
 - ``build_engine(onnx_path, config, out_path, timing_cache_dir=None)``: parse, configure, build, serialize to a
   temporary file and rename; the timing cache is read before and written back after the build.
 - ``TensorRTRunner(engine_path)``: ``runner(**inputs) -> {output name: tensor}`` with torch CUDA tensors.
@@ -143,7 +144,8 @@ class TensorRTBuildConfig:
                 "its precision from the ONNX graph's types and Q/DQ nodes (set strongly_typed=False for TensorRT 10's "
                 "weakly typed mode)"
             )
-        if not isinstance(self.workspace_bytes, int) or isinstance(self.workspace_bytes, bool) or self.workspace_bytes <= 0:
+        workspace = self.workspace_bytes
+        if not isinstance(workspace, int) or isinstance(workspace, bool) or workspace <= 0:
             raise ConfigError(f"workspace_bytes must be a positive int, got {self.workspace_bytes!r}")
         if self.optimization_level not in range(6) or isinstance(self.optimization_level, bool):
             raise ConfigError(f"optimization_level must be an int in 0..5, got {self.optimization_level!r}")
@@ -208,7 +210,11 @@ def timing_cache_path(cache_dir: str | Path, trt_version: str, sm: tuple[int, in
 
 
 def build_engine(
-    onnx_path: str | Path, config: TensorRTBuildConfig, out_path: str | Path, *, timing_cache_dir: str | Path | None = None
+    onnx_path: str | Path,
+    config: TensorRTBuildConfig,
+    out_path: str | Path,
+    *,
+    timing_cache_dir: str | Path | None = None,
 ) -> Path:
     """Build a serialized TensorRT engine from an ONNX file (GPU only); returns ``out_path``."""
     trt = require_tensorrt()
@@ -278,7 +284,9 @@ class TensorRTRunner:
         for name in self.input_names:
             t = inputs[name]
             if not t.is_cuda or t.dtype != self.dtypes[name]:
-                raise InvalidInputError(f"input {name!r} must be a CUDA {self.dtypes[name]} tensor, got {t.device} {t.dtype}")
+                raise InvalidInputError(
+                    f"input {name!r} must be a CUDA {self.dtypes[name]} tensor, got {t.device} {t.dtype}"
+                )
             t = t.contiguous()
             keep.append(t)
             self.context.set_input_shape(name, tuple(t.shape))
