@@ -64,3 +64,7 @@ class CalibrationError(ForesightError, ValueError):
 
 class AccuracyGateError(ForesightError):
     """A build missed an accuracy threshold; the message names each component, metric, value and limit."""
+
+
+class EngineBuildError(ForesightError):
+    """An accelerator engine could not be built (ONNX parser or TensorRT builder failure); the message says why."""

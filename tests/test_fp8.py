@@ -191,3 +191,11 @@ def test_qdq_refuses_layer_missing_from_graph(scales, exported):
     with pytest.raises(CalibrationError, match="not.a.layer"):
         insert_qdq(exported, extra)
     assert math.isfinite(scales.input_scale("latent_in"))
+
+
+def test_scales_validate_values():
+    with pytest.raises(CalibrationError, match="'a'"):
+        Fp8Scales({"a": (-1.0, 1.0)})
+    with pytest.raises(CalibrationError, match="'b'"):
+        Fp8Scales({"b": (float("nan"), 1.0)})
+    assert Fp8Scales({"c": (0.0, 0.0)}).input_scale("c") > 0  # an all-zero input still gets a usable scale

@@ -33,7 +33,8 @@ API
   too (the float8 Q/DQ are computed, the matmul in fp32), which the tests use to check it against the simulation.
 
 CPU vs GPU: on the CPU FP8 is only simulated (quantize-dequantize, fp32 matmul) to measure accuracy;
-``torch._scaled_mm`` on the CPU is unusably slow. Real FP8 GEMMs happen in the TensorRT engine built from the Q/DQ graph.
+``torch._scaled_mm`` on the CPU is unusably slow. Real FP8 GEMMs happen in the TensorRT engine built from the Q/DQ
+graph.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class Fp8Scales:
         for name, pair in sorted(self.amax.items()):
             if not isinstance(name, str):
                 raise CalibrationError(f"FP8 scale layer names must be strings, got {name!r}")
-            values = tuple(float(np.float32(v)) for v in pair)
+            values = tuple(float(np.float32(v)) for v in pair) if isinstance(pair, (tuple, list)) else ()
             if len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
                 raise CalibrationError(f"FP8 amax of {name!r} must be two finite values >= 0, got {pair!r}")
             clean[name] = values
@@ -131,7 +132,8 @@ class Fp8Scales:
                 tensors = {n: torch.tensor(v, dtype=torch.float32) for n, v in self.amax.items()}
                 save_safetensors(tensors, tmp, metadata={"format": SCALES_FORMAT, "digest": self.digest()})
             elif path.suffix == ".json":
-                doc = {"format": SCALES_FORMAT, "digest": self.digest(), "amax": {n: list(v) for n, v in self.amax.items()}}
+                amax = {n: list(v) for n, v in self.amax.items()}
+                doc = {"format": SCALES_FORMAT, "digest": self.digest(), "amax": amax}
                 tmp.write_text(json.dumps(doc, indent=1))
             else:
                 raise ConfigError(f"FP8 scales are saved as .safetensors or .json, got {path}")
@@ -145,6 +147,8 @@ class Fp8Scales:
                 doc = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise ArtifactError(f"rebuild needed: cannot read FP8 scales {path}: {exc}") from exc
+            if not isinstance(doc, dict):
+                raise ArtifactError(f"rebuild needed: {path} is not an FP8 scales document")
             meta, amax = doc, doc.get("amax", {})
         else:
             # read_safetensors refuses anything that is not .safetensors
@@ -237,7 +241,7 @@ def calibrate(
             x = args[0] if args else kwargs["input"]
             amax = x.detach().abs().amax().item() if x.numel() else 0.0
             if not math.isfinite(amax):
-                raise CalibrationError(f"non-finite input activation (amax={amax}) at layer {name!r} during calibration")
+                raise CalibrationError(f"non-finite input activation (amax={amax}) at layer {name!r} in calibration")
             input_amax[name] = max(input_amax.get(name, 0.0), amax)
 
         return pre_hook
@@ -282,7 +286,8 @@ class Fp8SimulatedLinear(nn.Linear):
         return F.linear(quantize_dequantize(x, self.input_scale), w, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fp8_e4m3fn input_scale={self.input_scale:.4g}, weight_scale={self.weight_scale:.4g}"
+        scales = f"input_scale={self.input_scale:.4g}, weight_scale={self.weight_scale:.4g}"
+        return f"{super().extra_repr()}, fp8_e4m3fn {scales}"
 
 
 def apply_fp8_simulation(module: nn.Module, scales: Fp8Scales) -> nn.Module:
