@@ -240,7 +240,7 @@ def test_tensorrt_without_gpu_fails_before_any_work(monkeypatch, tmp_path):
     def must_not_load(self):
         raise AssertionError("loaded the model before the capability check")
     monkeypatch.setattr(ModelSource, "load", must_not_load)
-    with pytest.raises(BackendUnavailable, match=r"CUDA GPU.*--backend onnx"):
+    with pytest.raises(BackendUnavailable, match=r"CUDA device.*--backend onnx"):
         build(ModelSource(preset="tiny"), tmp_path / "trt", backend="tensorrt", precision="fp8")
     assert not (tmp_path / "trt").exists()
 
@@ -269,3 +269,11 @@ def test_cli_dry_run_inspect_and_predict_engine(eager_fp32, tmp_path, capsys, im
     assert main(["predict", "--engine", str(eager_fp32.directory), "--image", str(tmp_path / "in.png"),
                  "--prompt", PROMPT, "--out", str(tmp_path / "pred")]) == 0
     assert (tmp_path / "pred" / "prediction.mp4").stat().st_size > 0
+
+
+def test_accuracy_gate_fails_the_build_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "strict"
+    assert main(["build", "--preset", "tiny", "--precision", "bf16", "--out", str(out), "--max-rel-l2", "1e-6"]) == 2
+    err = capsys.readouterr().err
+    assert "accuracy gate failed for the bf16 build" in err and "denoise: relative_l2" in err and "--no-gate" in err
+    assert not out.exists() and not list(tmp_path.glob(".strict.tmp-*"))

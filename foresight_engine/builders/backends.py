@@ -22,32 +22,26 @@ from ..errors import BackendUnavailable, ConfigError
 from ..models.export_spec import BuildShape, ExportSpec, export_specs
 from ..models.glp import GLPModel
 from ..models.weights import save_safetensors
-from . import fp8
+from . import fp8, tensorrt
 from .plan import BuildPlan
 
 log = logging.getLogger(__name__)
+
+# TensorRT timing caches live outside artifacts (reused across builds); their name carries TensorRT version + SM.
+TIMING_CACHE_DIR = Path.home() / ".cache" / "foresight-engine" / "tensorrt"
 
 
 def check_backend_available(backend: str, device: str) -> None:
     """Fail at once, before any work, when `backend` cannot run here; the message names what is missing."""
     if backend == "tensorrt":
-        missing = []
-        if not torch.cuda.is_available():
-            missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            missing.append("the `tensorrt` Python package (pip install 'foresight-engine[tensorrt]')")
-        if missing:
-            raise BackendUnavailable("--backend tensorrt needs " + " and ".join(missing)
-                                          + "; use --backend onnx for the same graphs on ONNX Runtime")
+        tensorrt.require_tensorrt()  # the one capability check of the GPU-only layer
     if backend == "onnx":
         for package in ("onnx", "onnxruntime", "onnxscript"):
             try:
                 __import__(package)
             except ImportError:
                 raise BackendUnavailable(f"--backend onnx needs the `{package}` package "
-                                              "(pip install 'foresight-engine[onnx]')") from None
+                                          "(pip install 'foresight-engine[onnx]')") from None
     if device != "cpu" and not torch.cuda.is_available():
         raise BackendUnavailable(f"device {device!r} requested but torch.cuda.is_available() is False")
 
@@ -130,7 +124,15 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
     for name, stage in plan.stages.items():
         entry = stage.to_dict()
         if stage.backend in ("onnx", "tensorrt"):
-            entry.update(export_onnx(model, specs[name], plan.shape, out / stage.component / f"{name}.onnx",
-                                     plan.factors.options["opset"], scales.get(name)))
+            onnx_path = out / stage.component / f"{name}.onnx"
+            entry.update(export_onnx(model, specs[name], plan.shape, onnx_path, plan.factors.options["opset"],
+                                     scales.get(name)))
+        if stage.backend == "tensorrt":
+            # strongly typed: precision comes from the graph's types and its float8 Q/DQ nodes
+            config = tensorrt.TensorRTBuildConfig.from_profile(stage.profile)
+            engine_path = tensorrt.build_engine(onnx_path, config, onnx_path.with_suffix(".plan"),
+                                                timing_cache_dir=TIMING_CACHE_DIR)
+            entry.update(backend="tensorrt", engine=f"{stage.component}/{engine_path.name}",
+                         tensorrt_config=config.to_dict())
         components[stage.component]["stages"][name] = entry
     return components

@@ -44,10 +44,15 @@ def lowest_precision(policy: PrecisionPolicy) -> Precision:
                key=order.index)
 
 
-@torch.inference_mode()
 def measure(reference: GLPModel, artifact: Path | GLPModel, shape: BuildShape, policy: PrecisionPolicy,
             steps: int | None = None) -> AccuracyReport:
     loaded = load_model(artifact)[0] if isinstance(artifact, Path) else artifact
+    with torch.inference_mode():
+        return _measure(reference, loaded, shape, policy, steps)
+
+
+def _measure(reference: GLPModel, loaded: GLPModel, shape: BuildShape, policy: PrecisionPolicy,
+             steps: int | None) -> AccuracyReport:
     components = []
     for name, spec in export_specs(reference.config).items():
         inputs = spec.sample_inputs(shape, seed=PROBE_SEED)

@@ -40,7 +40,8 @@ def _stage_functions(model: GLPModel, manifest: Manifest, directory: Path, shape
                 # CPU artifacts hold the compile options, not compiled code: compile here (lazily, at the first call)
                 options = {k: manifest.factors.options[k] for k in ("fullgraph", "dynamic", "mode")}
                 functions[stage] = torch.compile(specs[stage].wrap(model, shape).eval(), **options)
-            elif backend == "onnx":
+            elif backend in ("onnx", "tensorrt"):
+                # a tensorrt stage runs its ONNX graph on ONNX Runtime's TensorRT provider (CUDA/CPU where absent)
                 functions[stage] = OnnxStage(directory / info["file"], device.type, quantized="fp8_scales" in info)
             else:
                 raise ArtifactError(f"rebuild needed: stage {stage} was built for backend {backend!r}, which this "
