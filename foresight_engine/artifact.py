@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -273,15 +272,16 @@ def describe(manifest: Manifest) -> str:
     lines = [f"artifact {manifest.key[:16]}  ({manifest.format}, built {time.ctime(manifest.created)})",
              f"  model:      {f.config.get('name')}   weights sha256 {f.weights_hash[:16]}",
              f"  backend:    {f.backend}  options {f.options}",
-             f"  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in
+             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in
                                            ("vision_tower", "backbone", "adapter", "video_decoder", "vae")),
              f"  shape:      {f.shapes.get('build')}",
              f"  device:     {f.device.get('type')} {f.device.get('name')!r} sm={f.device.get('sm')}",
-             f"  toolchain:  " + ", ".join(f"{k} {v}" for k, v in f.toolchain.items() if v),
+             "  toolchain:  " + ", ".join(f"{k} {v}" for k, v in f.toolchain.items() if v),
              f"  calibration: {f.calibration_hash or '-'}",
              "  components:"]
     for name, comp in manifest.components.items():
-        stages = ", ".join(f"{s}={info.get('backend')}" for s, info in comp.get("stages", {}).items())
+        stages = ", ".join(f"{s}={info.get('backend')}/{info.get('precision')}"
+                           for s, info in comp.get("stages", {}).items())
         lines.append(f"    {name:14s} {comp.get('precision'):5s} {stages}")
         if comp.get("note"):
             lines.append(f"    {'':14s} note: {comp['note']}")

@@ -104,6 +104,7 @@ def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):
 
 def test_compiled_denoise_step_runs_twice_without_recompiling(compile_bf16, tiny, shape, monkeypatch):
     options = read_manifest(compile_bf16.directory).factors.options
+    # fullgraph=True: a graph break in the denoising step would raise instead of silently splitting the graph
     assert options["fullgraph"] is True and options["mode"] is None  # reduce-overhead only on a GPU
     spec = export_specs(tiny.config)["denoise"]
     model = load_model(compile_bf16.directory)[0]
@@ -117,10 +118,3 @@ def test_compiled_denoise_step_runs_twice_without_recompiling(compile_bf16, tiny
     assert relative_l2(second, reference) < 2e-2  # bf16
     denoise = {c.name: c for c in compile_bf16.accuracy.components}["denoise"]
     assert 1e-4 < denoise.relative_l2 < 2e-2  # really bf16, within its tolerance
-
-
-def test_denoise_step_has_no_graph_breaks(tiny, shape):
-    spec = export_specs(tiny.config)["denoise"]
-    with torch.inference_mode():
-        explanation = torch._dynamo.explain(spec.wrap(tiny, shape).eval())(*spec.sample_inputs(shape))
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1

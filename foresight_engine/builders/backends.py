@@ -122,7 +122,9 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
     components: dict[str, dict[str, Any]] = {name: {"precision": plan.policy.of(name).value, "stages": {}}
                                              for name in model.components()}
     for name, stage in plan.stages.items():
-        entry = stage.to_dict()
+        # what the stage really runs in: fp8 only where it was calibrated and got Q/DQ nodes
+        entry = stage.to_dict() | {"precision": "fp8" if name in scales else
+                                   str(plan.policy.dtype(stage.component)).removeprefix("torch.")}
         if stage.backend in ("onnx", "tensorrt"):
             onnx_path = out / stage.component / f"{name}.onnx"
             entry.update(export_onnx(model, specs[name], plan.shape, onnx_path, plan.factors.options["opset"],

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..artifact import Manifest, build_atomically, cached, write_manifest
 from ..errors import ConfigError
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
-from ..precision import Precision, PrecisionPolicy, apply_policy
+from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
 from . import fp8
 from .accuracy import AccuracyReport, AccuracyThresholds
 from .backends import check_backend_available, check_precision_supported, write_stages, write_weights
@@ -50,8 +49,7 @@ def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str, d
         if Precision.parse(precision) == Precision.FP8 and backend == "onnx" and device == "cpu":
             # ONNX Runtime's CPU provider has no bf16 kernels: the layers fp8 keeps high stay fp32 there
             policy = PrecisionPolicy.for_precision(Precision.FP8, high=Precision.FP32)
-    uses_fp8 = any(policy.of(c) == Precision.FP8 for c in ("backbone", "adapter", "video_decoder", "vae",
-                                                             "vision_tower"))
+    uses_fp8 = any(policy.of(c) == Precision.FP8 for c in COMPONENTS)
     if uses_fp8 and backend not in ("onnx", "tensorrt"):
         raise ConfigError(f"precision fp8 needs --backend onnx or tensorrt (Q/DQ graphs); backend {backend!r} would "
                           "only simulate it on the CPU, slower than fp32")

@@ -16,7 +16,7 @@ from ..engine import Engine
 from ..engine.artifact_loader import load_model
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
-from ..precision import Precision, PrecisionPolicy
+from ..precision import COMPONENTS, Precision, PrecisionPolicy
 from .accuracy import AccuracyReport, AccuracyThresholds, ComponentAccuracy, check_gate, psnr, token_agreement
 
 PROBE_PROMPTS = ("What happens next?", "Describe the motion in this scene.")
@@ -39,9 +39,8 @@ def _floats(result) -> torch.Tensor:
 
 
 def lowest_precision(policy: PrecisionPolicy) -> Precision:
-    order = [Precision.FP32, Precision.BF16, Precision.FP16, Precision.FP8]  # increasing tolerance
-    return max((policy.of(c) for c in ("vision_tower", "backbone", "adapter", "video_decoder", "vae")),
-               key=order.index)
+    order = [Precision.FP32, Precision.FP16, Precision.BF16, Precision.FP8]  # increasing tolerance
+    return max((policy.of(c) for c in COMPONENTS), key=order.index)
 
 
 def measure(reference: GLPModel, artifact: Path | GLPModel, shape: BuildShape, policy: PrecisionPolicy,
