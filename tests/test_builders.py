@@ -277,3 +277,14 @@ def test_accuracy_gate_fails_the_build_and_leaves_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "accuracy gate failed for the bf16 build" in err and "denoise: relative_l2" in err and "--no-gate" in err
     assert not out.exists() and not list(tmp_path.glob(".strict.tmp-*"))
+
+
+def test_engine_and_models_never_import_builders():
+    """Build and run meet only at an artifact directory; model code does not know onnx or tensorrt either."""
+    root = Path(__file__).resolve().parents[1] / "foresight_engine"
+    forbidden = {"engine": ("builders",), "models": ("builders", "onnx", "tensorrt")}
+    for folder, names in forbidden.items():
+        for source in (root / folder).glob("*.py"):
+            imports = [line.split()[1] for line in source.read_text().splitlines()
+                       if line.lstrip().startswith(("import ", "from "))]
+            assert not any(name in module for module in imports for name in names), source
