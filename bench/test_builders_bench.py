@@ -55,3 +55,20 @@ def test_bf16_speedup_report():
             (f_med, f_min), (b_med, b_min) = STATS[("fp32", stage)], STATS[("bf16", stage)]
             print(f"small {stage}: median fp32 {f_med * 1e3:.0f} ms / bf16 {b_med * 1e3:.0f} ms = x{f_med / b_med:.2f}; "
                   f"min fp32 {f_min * 1e3:.0f} ms / bf16 {b_min * 1e3:.0f} ms = x{f_min / b_min:.2f}")
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_tiny_build_and_load_time(benchmark, backend, tmp_path):
+    """Build time (gate included) and load time of a tiny artifact; the first load is cold, later ones warm."""
+    import time
+    model = GLPModel.from_preset("tiny", 0)
+    start = time.perf_counter()
+    result = build(model, tmp_path / backend, backend=backend, precision="fp32")
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    load_model(result.directory)
+    cold_s = time.perf_counter() - start
+    benchmark.pedantic(load_model, args=(result.directory,), rounds=3, iterations=1)
+    benchmark.extra_info.update(backend=backend, build_s=build_s, cold_load_s=cold_s)
+    print(f"tiny {backend}: build {build_s:.1f} s (accuracy gate included), cold load {cold_s:.2f} s, "
+          f"warm load {benchmark.stats.stats.median:.2f} s")
