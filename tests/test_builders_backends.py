@@ -119,3 +119,15 @@ def test_compiled_denoise_step_runs_twice_without_recompiling(compile_bf16, tiny
     assert relative_l2(second, reference) < 2e-2  # bf16
     denoise = {c.name: c for c in compile_bf16.accuracy.components}["denoise"]
     assert 1e-4 < denoise.relative_l2 < 2e-2  # really bf16, within its tolerance
+
+
+def test_cache_hit_of_an_ungated_artifact_still_meets_the_gate(compile_bf16, tiny):
+    """The compile artifact was built with the gate off; a gated build of the same key is a hit (nothing rebuilt)
+    but is checked against the stored accuracy report, so it fails on a limit that report misses."""
+    from foresight_engine.builders.accuracy import AccuracyThresholds
+    from foresight_engine.errors import AccuracyGateError
+    strict = AccuracyThresholds(max_relative_l2=1e-4, min_cosine=0.99, min_frame_psnr=20, min_token_agreement=0.5)
+    with pytest.raises(AccuracyGateError, match="denoise: relative_l2"):
+        build(tiny, compile_bf16.directory, backend="compile", precision="bf16", stages=("denoise",),
+              thresholds=strict)
+    assert read_manifest(compile_bf16.directory).key == compile_bf16.key  # still there, untouched

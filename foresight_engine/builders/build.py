@@ -97,8 +97,10 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str =
         return manifest
 
     manifest, hit = build_atomically(out_dir, plan.key, write)
-    accuracy = report[0] if report else (AccuracyReport.from_dict(manifest.report["accuracy"])
-                                         if "accuracy" in manifest.report else None)
+    accuracy = report[0] if report else AccuracyReport.from_dict(manifest.report["accuracy"])
+    if hit and gate:
+        # an artifact built earlier with --no-gate (or laxer thresholds) must not pass a gated build silently
+        enforce(accuracy, policy, reference.config, thresholds)
     log.info("%s %s (%s, %s) in %.1fs", "cache hit" if hit else "built", out_dir, backend, policy.name,
              time.perf_counter() - start)
     return BuildResult(out_dir, plan.key, hit, plan, manifest, accuracy, time.perf_counter() - start)
