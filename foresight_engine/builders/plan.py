@@ -80,11 +80,8 @@ class BuildPlan:
 
 
 def _io_bytes(spec: ExportSpec, shape: BuildShape) -> int:
-    """Bytes of a stage's largest (max-profile) inputs, doubled for outputs of the same order."""
-    total = 0
-    for mn, opt, mx in spec.profile(shape).values():
-        total += 4 * int(torch.Size(mx).numel())
-    return 2 * total
+    """Bytes of a stage's largest (max-profile) fp32 inputs, doubled for outputs of the same order."""
+    return 2 * sum(4 * torch.Size(largest).numel() for _, _, largest in spec.profile(shape).values())
 
 
 def _memory(model: GLPModel, policy: PrecisionPolicy, specs: dict[str, ExportSpec], shape: BuildShape) -> dict[str, int]:
