@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .bench.cli import add_bench_parser, add_plan_parser
+from .builders import cli as builders_cli
 from .errors import ForesightError
 from .verify import cli as verify_cli
 
@@ -28,6 +29,7 @@ def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="run one reasoning step: text answer + predicted video",
                        description="Run one reasoning step and write DIR/prediction.mp4 and DIR/prediction.json.")
     _add_model_args(p)
+    p.add_argument("--engine", type=Path, help="a built artifact directory (foresight-engine build) to run")
     p.add_argument("--image", type=Path, action="append", required=True,
                    help="input image; repeat for several (the last one is the video's first frame)")
     p.add_argument("--prompt", required=True, help="the user's question")
@@ -78,6 +80,8 @@ def _serve(args) -> int:
 
 def _load_engine(args):
     from .engine import Engine
+    if getattr(args, "engine", None) is not None:
+        return Engine.load(args.engine, progress=True)
     real = [args.vlm, args.decoder, args.glue]
     if any(real):
         if not all(real):
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cli.add_parser(sub)
     add_bench_parser(sub)
     add_plan_parser(sub)
+    builders_cli.add_parsers(sub, _add_model_args)
     return parser
 
 

@@ -52,3 +52,19 @@ class RequestCancelled(ForesightError):
 
 class RequestTimeout(ForesightError):
     """The request ran past its `timeout_s`."""
+
+
+class BackendUnavailable(ForesightError):
+    """A backend cannot run on this machine (no CUDA device, package missing or too old); the message names what."""
+
+
+class CalibrationError(ForesightError, ValueError):
+    """FP8 calibration got no usable data (no batches, a non-finite activation, a scale for an unknown layer)."""
+
+
+class AccuracyGateError(ForesightError):
+    """A build missed an accuracy threshold; the message names each component, metric, value and limit."""
+
+
+class EngineBuildError(ForesightError):
+    """An accelerator engine could not be built (ONNX parser or TensorRT builder failure); the message says why."""

@@ -35,7 +35,7 @@ from transformers import DynamicCache
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..models.backbone import PrefillOutput
+from ..models.backbone import Backbone, PrefillOutput
 from ..models.glp import GLPModel
 from ..models.static_denoiser import GraphedDenoiseLoop, StaticDenoiser
 from ..models.static_kv import StaticDecoder
@@ -101,12 +101,22 @@ class Engine:
         self._front_lock = threading.Lock()  # vision + prefill: one request at a time
         self._video_lock = threading.Lock()  # adapter -> denoise -> VAE: one request at a time
         self._video_pool = ThreadPoolExecutor(max_workers=max_queue_size, thread_name_prefix="fe-video")
+        if cuda_graphs and type(model.video_decoder) is not VideoDecoder:
+            raise ConfigError("cuda_graphs=True captures the eager denoising loop; this engine's video decoder is "
+                              f"{type(model.video_decoder).__name__} (a built artifact): use the artifact's backend")
         self._graphed = GraphedDenoiseLoop(StaticDenoiser(model.video_decoder)) if cuda_graphs else None
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0, **kwargs) -> "Engine":
         """Seeded random weights of preset `name` (`tiny`, `small`); `full` needs real weights."""
         return cls(GLPModel.from_preset(name, seed), **kwargs)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str = "cpu", **kwargs) -> "Engine":
+        """An engine over a built artifact (`foresight-engine build`); its manifest, versions and file hashes are
+        verified before anything is deserialized (`ArtifactError("rebuild needed: ...")` otherwise)."""
+        from .artifact_loader import load_model
+        return cls(load_model(directory, device)[0], **kwargs)
 
     @classmethod
     def from_pretrained(cls, vlm: str | Path, decoder: str | Path, glue: str | Path, *, lora: str | Path | None = None,
@@ -375,7 +385,7 @@ class Engine:
                 bar.update(1)
                 if on_step is not None:
                     on_step(i, n)
-            if self.static and isinstance(decoder, VideoDecoder):
+            if self.static and type(decoder) is VideoDecoder:  # artifact-backed subclasses run their own step
                 denoiser = StaticDenoiser(decoder)
                 plan = denoiser.plan(latents, conditioning, conditioning_mask, schedule, grid, self.rope_scale(s),
                                      s.guidance_scale)
@@ -403,7 +413,7 @@ class Engine:
         appended to the prefill's cache (`prefill.static_cache` on the static path), for sessions."""
         eos = self.model.token_ids.eos
         backbone = self.model.backbone
-        static = self.static and hasattr(backbone, "language_model")
+        static = self.static and type(backbone) is Backbone  # artifact-backed backbones decode with their stage
         if static and max_new_tokens > 1:
             decoder = StaticDecoder(backbone.language_model, backbone.lm_head)
             prefill.static_cache = decoder.new_cache(prefill.cache.get_seq_length() + max_new_tokens)

@@ -78,15 +78,19 @@ class GLPModel:
         if not config.processor.tokenizer_vocab_size:
             raise WeightsError(f"preset {config.name!r} has no local tokenizer: load it with from_pretrained()")
         processor = build_processor(config, build_tokenizer(config.processor.tokenizer_vocab_size))
-        ids = SpecialTokenIds.from_tokenizer(processor.tokenizer)
         with _seeded(seed):
-            qwen = build_qwen_vl(config, ids)
-            adapter = ConditioningAdapter(config.adapter, config.text.hidden_size, config.transformer.caption_channels)
-            transformer = LTXVideoTransformer3DModel(**transformer_kwargs(config.transformer))
-            vae = AutoencoderKLLTXVideo(**vae_kwargs(config.vae))
-            model = cls(config, processor, qwen, adapter, transformer, vae)
+            model = cls.build(config, processor)
         log.info("built %s with seed %d", config.name, seed)
         return model
+
+    @classmethod
+    def build(cls, config: ModelConfig, processor) -> "GLPModel":
+        """The stack built from `config` with freshly initialised weights (callers seed or load over them)."""
+        qwen = build_qwen_vl(config, SpecialTokenIds.from_tokenizer(processor.tokenizer))
+        adapter = ConditioningAdapter(config.adapter, config.text.hidden_size, config.transformer.caption_channels)
+        transformer = LTXVideoTransformer3DModel(**transformer_kwargs(config.transformer))
+        vae = AutoencoderKLLTXVideo(**vae_kwargs(config.vae))
+        return cls(config, processor, qwen, adapter, transformer, vae)
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0) -> "GLPModel":

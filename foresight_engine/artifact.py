@@ -1,0 +1,298 @@
+"""Artifact directory: where builders and the engine meet (neither imports the other).
+
+Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `backbone/`, `adapter/`,
+`video_decoder/`, `vae/`) + `processor/` (tokenizer and image processor). The manifest keeps the raw key
+factors (`KeyFactors`), their hash (`key`), what each component was built as, and the sha256 and size of every
+file. A cache hit is a key match of a verified artifact, never a directory that exists.
+
+Writes go to a temporary sibling directory; `manifest.json` is written last and the directory is renamed into
+place under a file lock, so a killed build leaves only a `.NAME.tmp-*` folder without a valid manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from filelock import FileLock
+
+from .errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "foresight-artifact-v1"
+MANIFEST = "manifest.json"
+# Packages whose version changes what an artifact holds or how it runs.
+TOOLCHAIN_PACKAGES = ("torch", "transformers", "diffusers", "onnx", "onnxruntime", "tensorrt")
+# Which toolchain entries a backend's artifacts depend on (others may differ freely).
+BACKEND_TOOLCHAIN = {
+    "eager": ("torch", "transformers", "diffusers"),
+    "compile": ("torch", "transformers", "diffusers"),
+    "onnx": ("torch", "transformers", "diffusers", "onnx", "onnxruntime"),
+    "tensorrt": ("torch", "transformers", "diffusers", "onnx", "tensorrt"),
+}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def toolchain() -> dict[str, str | None]:
+    """Installed versions of the packages artifacts depend on (None: not installed)."""
+    return {name: _version(name) for name in TOOLCHAIN_PACKAGES} | {"python": platform.python_version()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What an artifact is specialised for: device type, model name and CUDA SM (`major.minor`) or CPU ISA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "sm": f"{major}.{minor}"}
+    return {"type": device.type, "name": _cpu_name(), "sm": None, "isa": torch.backends.cpu.get_cpu_capability()}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensors_hash(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Content hash of named tensors: names, dtypes, shapes and bytes (order-independent)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda kv: kv[0]):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class KeyFactors:
+    """Everything a built artifact depends on. Two builds with equal factors produce interchangeable artifacts;
+    anything else (log level, output path, progress bars) is deliberately left out."""
+
+    config: dict[str, Any]
+    weights_hash: str
+    precision: dict[str, Any]
+    shapes: dict[str, Any]  # the build shape and every stage's min/opt/max profile
+    backend: str
+    toolchain: dict[str, str | None]
+    device: dict[str, Any]
+    calibration_hash: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # backend options (compile mode, opset, ...)
+
+    def key(self) -> str:
+        return hashlib.sha256(_canonical(asdict(self)).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(_canonical(asdict(self)))  # tuples -> lists, exactly as the manifest stores them
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "KeyFactors":
+        return cls(**data)
+
+
+@dataclass
+class Manifest:
+    key: str
+    factors: KeyFactors
+    components: dict[str, dict[str, Any]]  # name -> {backend, precision, stages: {stage: {...}}, note}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # relative path -> {sha256, bytes}
+    report: dict[str, Any] = field(default_factory=dict)  # accuracy, build seconds
+    format: str = FORMAT
+    created: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "key": self.key, "created": self.created, "factors": self.factors.to_dict(),
+                "components": self.components, "files": self.files, "report": self.report}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        return cls(key=data["key"], factors=KeyFactors.from_dict(data["factors"]), components=data["components"],
+                   files=data["files"], report=data.get("report", {}), format=data["format"],
+                   created=data.get("created", 0.0))
+
+
+def _rebuild(reason: str) -> ArtifactError:
+    return ArtifactError(f"rebuild needed: {reason}")
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Parse `DIR/manifest.json` (no file checks); `ArtifactError` when missing or malformed."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise _rebuild(f"no {MANIFEST} in {directory} (not an artifact, or its build did not finish)")
+    try:
+        manifest = Manifest.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _rebuild(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if manifest.format != FORMAT:
+        raise _rebuild(f"artifact format {manifest.format!r}, this engine reads {FORMAT!r}")
+    return manifest
+
+
+def verify(directory: str | Path, device: str | torch.device = "cpu") -> Manifest:
+    """Check an artifact before anything in it is deserialized: format, key, toolchain versions, device, and the
+    size and sha256 of every file. Raises `ArtifactError("rebuild needed: <factor>")` on the first mismatch."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    factors = manifest.factors
+    if factors.key() != manifest.key:
+        raise _rebuild(f"manifest key {manifest.key[:12]} does not match its factors ({factors.key()[:12]}): "
+                       "the manifest was edited")
+    here = toolchain()
+    for package in BACKEND_TOOLCHAIN.get(factors.backend, TOOLCHAIN_PACKAGES):
+        built = factors.toolchain.get(package)
+        if built != here.get(package):
+            raise _rebuild(f"{package} version changed (artifact built with {built}, installed: {here.get(package)})")
+    dev = device_info(device)
+    for part in ("type", "name", "sm"):
+        if factors.device.get(part) != dev.get(part):
+            raise _rebuild(f"other device: artifact built for {factors.device.get('type')} "
+                           f"{factors.device.get('name')!r} (sm {factors.device.get('sm')}), this is {dev.get('type')} "
+                           f"{dev.get('name')!r} (sm {dev.get('sm')})")
+    if not manifest.files:
+        raise _rebuild(f"{directory / MANIFEST} lists no files")
+    for rel, expected in sorted(manifest.files.items()):
+        path = directory / rel
+        if not path.is_file():
+            raise _rebuild(f"file {rel} is missing")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise _rebuild(f"file {rel} is truncated or grew ({size} bytes, manifest says {expected['bytes']})")
+        digest = sha256_file(path)
+        if digest != expected["sha256"]:
+            raise _rebuild(f"file {rel} was modified (sha256 {digest[:12]}, manifest says {expected['sha256'][:12]})")
+    return manifest
+
+
+def cached(directory: str | Path, key: str) -> Manifest | None:
+    """The verified manifest at `directory` when its key is `key`, else None (a miss, with the reason logged)."""
+    try:
+        manifest = verify(directory)
+    except ArtifactError as exc:
+        log.info("cache miss at %s: %s", directory, exc)
+        return None
+    if manifest.key != key:
+        log.info("cache miss at %s: key %s != wanted %s", directory, manifest.key[:12], key[:12])
+        return None
+    return manifest
+
+
+def _file_table(directory: Path) -> dict[str, dict[str, Any]]:
+    return {str(p.relative_to(directory)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Hash every file in `directory`, then write `manifest.json` (always the last file written)."""
+    manifest.files = _file_table(directory)
+    manifest.created = time.time()
+    (directory / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+    return manifest
+
+
+def lock_path(directory: Path) -> Path:
+    return directory.parent / f".{directory.name}.lock"
+
+
+@contextmanager
+def artifact_lock(directory: Path, timeout: float = -1) -> Iterator[None]:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path(directory)), timeout=timeout):
+        yield
+
+
+def build_atomically(directory: str | Path, key: str, write: Callable[[Path], Manifest],
+                     timeout: float = -1) -> tuple[Manifest, bool]:
+    """Build once per key: under a file lock, return `(manifest, True)` when `directory` already holds a verified
+    artifact with `key`; else call `write(tmp_dir)` (it fills `tmp_dir` and returns the manifest without files),
+    write the manifest last and rename `tmp_dir` to `directory`. Returns `(manifest, False)`."""
+    directory = Path(directory).absolute()
+    with artifact_lock(directory, timeout):
+        hit = cached(directory, key)
+        if hit is not None:
+            return hit, True
+        for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by killed builds (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            manifest = write(tmp)
+            if manifest.key != key:
+                raise ArtifactError(f"builder wrote key {manifest.key[:12]}, expected {key[:12]}")
+            write_manifest(tmp, manifest)
+            old = None
+            if directory.exists():
+                old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest, False
+
+
+def describe(manifest: Manifest) -> str:
+    """A readable summary of a manifest (`foresight-engine inspect`)."""
+    f = manifest.factors
+    lines = [f"artifact {manifest.key[:16]}  ({manifest.format}, built {time.ctime(manifest.created)})",
+             f"  model:      {f.config.get('name')}   weights sha256 {f.weights_hash[:16]}",
+             f"  backend:    {f.backend}  options {f.options}",
+             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in
+                                           ("vision_tower", "backbone", "adapter", "video_decoder", "vae")),
+             f"  shape:      {f.shapes.get('build')}",
+             f"  device:     {f.device.get('type')} {f.device.get('name')!r} sm={f.device.get('sm')}",
+             "  toolchain:  " + ", ".join(f"{k} {v}" for k, v in f.toolchain.items() if v),
+             f"  calibration: {f.calibration_hash or '-'}",
+             "  components:"]
+    for name, comp in manifest.components.items():
+        stages = ", ".join(f"{s}={info.get('backend')}/{info.get('precision')}"
+                           for s, info in comp.get("stages", {}).items())
+        lines.append(f"    {name:14s} {comp.get('precision'):5s} {stages}")
+        if comp.get("note"):
+            lines.append(f"    {'':14s} note: {comp['note']}")
+    if manifest.report:
+        lines.append("  report:")
+        for k, v in manifest.report.items():
+            lines.append(f"    {k}: {json.dumps(v, default=str)}")
+    total = sum(v["bytes"] for v in manifest.files.values())
+    lines.append(f"  files: {len(manifest.files)} ({total / 1e6:.1f} MB)")
+    return "\n".join(lines)
+
+
+__all__ = ["FORMAT", "KeyFactors", "MANIFEST", "Manifest", "build_atomically", "cached", "describe",
+           "device_info", "read_manifest", "sha256_file", "tensors_hash", "toolchain", "verify", "write_manifest"]

@@ -1,0 +1,122 @@
+"""`build()`: a model source -> an artifact directory (`artifact.py`) the engine loads with `Engine.load(DIR)`.
+
+Order: capability check (fails at once) -> load the fp32 reference -> resolve the plan and its key -> cache
+lookup under a file lock -> write weights / ONNX / FP8 scales into a temp dir -> accuracy gate through the
+engine's loader -> manifest last -> rename into place.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+from ..artifact import Manifest, build_atomically, cached, write_manifest
+from ..errors import ConfigError
+from ..models.export_spec import BuildShape, export_specs
+from ..models.glp import GLPModel
+from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
+from . import fp8
+from .accuracy import AccuracyReport, AccuracyThresholds
+from .backends import check_backend_available, check_precision_supported, write_stages, write_weights
+from .calibration import CalibrationSample, calibration_batches
+from .gate import enforce, measure
+from .plan import BuildPlan, resolve_plan
+from .source import ModelSource, weights_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    directory: Path
+    key: str
+    cache_hit: bool
+    plan: BuildPlan
+    manifest: Manifest | None  # None for a dry run
+    accuracy: AccuracyReport | None
+    seconds: float
+
+
+def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str, device: str) -> PrecisionPolicy:
+    if isinstance(precision, PrecisionPolicy):
+        policy = precision
+    else:
+        policy = PrecisionPolicy.for_precision(precision)
+        if Precision.parse(precision) == Precision.FP8 and backend == "onnx" and device == "cpu":
+            # ONNX Runtime's CPU provider has no bf16 kernels: the layers fp8 keeps high stay fp32 there
+            policy = PrecisionPolicy.for_precision(Precision.FP8, high=Precision.FP32)
+    uses_fp8 = any(policy.of(c) == Precision.FP8 for c in COMPONENTS)
+    if uses_fp8 and backend not in ("onnx", "tensorrt"):
+        raise ConfigError(f"precision fp8 needs --backend onnx or tensorrt (Q/DQ graphs); backend {backend!r} would "
+                          "only simulate it on the CPU, slower than fp32")
+    check_precision_supported(backend, policy, device)
+    return policy
+
+
+def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str = "eager",
+          precision: str | Precision | PrecisionPolicy = "fp32", shape: BuildShape | None = None,
+          steps: int | None = None, calibration: list[CalibrationSample] | None = None, gate: bool = True,
+          thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False,
+          stages: tuple[str, ...] | None = None) -> BuildResult:
+    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring."""
+    start = time.perf_counter()
+    check_backend_available(backend, device)
+    policy = resolve_policy(precision, backend, device)
+    reference = source if isinstance(source, GLPModel) else source.load()
+    shape = shape or BuildShape.for_config(reference.config)
+    fp8_stages = [s for s in export_specs(reference.config).values()
+                  if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
+    batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
+    calib_hash = fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage]) if batches else None
+    plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash, stages)
+    out_dir = Path(out_dir)
+    if dry_run:
+        return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,
+                           time.perf_counter() - start)
+    report: list[AccuracyReport] = []
+
+    def write(tmp: Path) -> Manifest:
+        model = copy.deepcopy(reference)
+        apply_policy(model.components(), policy)
+        write_weights(model, tmp)
+        scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
+        manifest = Manifest(plan.key, plan.factors, write_stages(model, plan, tmp, scales))
+        manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
+        write_manifest(tmp, manifest)  # the loader verifies it; rewritten below with the accuracy report
+        accuracy = measure(reference, tmp, shape, policy, steps)
+        manifest.report["accuracy"] = accuracy.to_dict()
+        report.append(accuracy)
+        if gate:
+            enforce(accuracy, policy, reference.config, thresholds)
+        else:
+            log.warning("accuracy gate skipped (--no-gate); measured: %s", accuracy.to_dict())
+        return manifest
+
+    manifest, hit = build_atomically(out_dir, plan.key, write)
+    accuracy = report[0] if report else AccuracyReport.from_dict(manifest.report["accuracy"])
+    if hit and gate:
+        # an artifact built earlier with --no-gate (or laxer thresholds) must not pass a gated build silently
+        enforce(accuracy, policy, reference.config, thresholds)
+    log.info("%s %s (%s, %s) in %.1fs", "cache hit" if hit else "built", out_dir, backend, policy.name,
+             time.perf_counter() - start)
+    return BuildResult(out_dir, plan.key, hit, plan, manifest, accuracy, time.perf_counter() - start)
+
+
+def _calibrate(model: GLPModel, stages, shape: BuildShape, batches: dict[str, list], policy: PrecisionPolicy,
+               out: Path) -> dict[str, Any]:
+    """FP8 scales per stage (saved as `<component>/<stage>.fp8.safetensors`), calibrated on the stage wrapper so
+    the layer names match the exported graph; layers the policy keeps high are skipped."""
+    scales = {}
+    for spec in stages:
+        module = spec.wrap(model, shape).eval()
+        stage_scales = fp8.calibrate(module, batches[spec.name], skip=lambda name, layer: policy.keeps_high(name))
+        stage_scales.save(out / spec.component / f"{spec.name}.fp8.safetensors")
+        scales[spec.name] = stage_scales
+    return scales
+
+
+__all__ = ["BuildResult", "build", "resolve_policy"]

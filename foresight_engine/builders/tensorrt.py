@@ -1,0 +1,301 @@
+"""TensorRT: the thin GPU-only layer. Everything it consumes is built and validated on the CPU.
+
+- ``require_tensorrt(min_major=10)`` is the ONE capability check: it returns the ``tensorrt`` module, or raises
+  ``BackendUnavailable`` naming everything missing (no CUDA device, ``tensorrt`` not importable, version too old)
+  and suggesting ``--backend onnx``.
+- ``TensorRTBuildConfig`` (frozen, validated, JSON round-trip): optimization profiles (``OptimizationProfile`` =
+  {input name: (min, opt, max) shape}), ``strongly_typed`` (default True: precision comes from the ONNX graph's
+  tensor types and Q/DQ nodes, which is how FP8 is built; TensorRT 11 only has strongly typed networks), the
+  weakly-typed precision flags ``fp16``/``bf16``/``fp8`` (only with ``strongly_typed=False``, TensorRT 10 only),
+  ``workspace_bytes`` and ``optimization_level`` (0-5, TensorRT's default 3).
+- ``timing_cache_key(trt_version, sm)`` / ``timing_cache_path(cache_dir, trt_version, sm)``: timing caches are only
+  valid for one TensorRT version on one GPU architecture, so both are in the file name
+  (``timing-trt10.3.0-sm90.cache``).
+- ``build_engine(onnx_path, config, out_path, timing_cache_dir=None)``: parse, configure, build, serialize to a
+  temporary file and rename; the timing cache is read before and written back after the build.
+- ``TensorRTRunner(engine_path)``: ``runner(**inputs) -> {output name: tensor}`` with torch CUDA tensors.
+
+Only the last two need a GPU; they cannot run in this project's CPU CI and are kept short.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BackendUnavailable, ConfigError, EngineBuildError, InvalidInputError
+from ..video_io import atomic_output
+
+MIN_TENSORRT_MAJOR = 10
+_PRECISION_FLAGS = ("fp16", "bf16", "fp8")  # weakly typed builder flags, as config field names
+Shape = tuple[int, ...]
+
+
+def require_tensorrt(min_major: int = MIN_TENSORRT_MAJOR):
+    """The imported ``tensorrt`` module, or ``BackendUnavailable`` naming every missing piece."""
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA device (torch.cuda.is_available() is False)")
+    trt = None
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as exc:
+        missing.append(f"the `tensorrt` Python package is not importable ({exc}); "
+                       "install it with `pip install 'foresight-engine[tensorrt]'`")
+    if trt is not None:
+        version = getattr(trt, "__version__", "unknown")
+        major = re.match(r"\d+", version)
+        if major is None or int(major.group()) < min_major:
+            missing.append(f"tensorrt {version} is too old: version >= {min_major} is needed")
+    if missing:
+        raise BackendUnavailable(
+            "TensorRT backend unavailable: " + "; ".join(missing) + ". Use `--backend onnx` on this machine."
+        )
+    return trt
+
+
+def _shape(value: Any, what: str) -> Shape:
+    if not isinstance(value, (tuple, list)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise ConfigError(f"{what} must be a sequence of ints, got {value!r}")
+    if any(d < 0 for d in value):
+        raise ConfigError(f"{what} has a negative dimension: {tuple(value)}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class InputShapes:
+    """min/opt/max shape of one network input; TensorRT tunes kernels for ``opt``."""
+
+    name: str
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"profile input name must be a non-empty string, got {self.name!r}")
+        shapes = {k: _shape(getattr(self, k), f"profile {self.name!r} {k} shape") for k in ("min", "opt", "max")}
+        for k, v in shapes.items():
+            object.__setattr__(self, k, v)
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ConfigError(f"profile {self.name!r}: min/opt/max ranks differ: {self.min}, {self.opt}, {self.max}")
+        for dim, (lo, mid, hi) in enumerate(zip(self.min, self.opt, self.max)):
+            if not lo <= mid <= hi:
+                raise ConfigError(f"profile {self.name!r} dim {dim}: need min <= opt <= max, got {lo}, {mid}, {hi}")
+
+
+@dataclass(frozen=True)
+class OptimizationProfile:
+    """One TensorRT optimization profile: a shape range for each dynamic input."""
+
+    inputs: tuple[InputShapes, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        names = [i.name for i in self.inputs]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"an optimization profile needs distinct input names, got {names}")
+
+    @classmethod
+    def from_dict(cls, shapes: Mapping[str, Any]) -> OptimizationProfile:
+        """From ``{input_name: (min, opt, max)}`` or ``{input_name: {"min": .., "opt": .., "max": ..}}``."""
+        inputs = []
+        for name, value in shapes.items():
+            if isinstance(value, Mapping):
+                if set(value) != {"min", "opt", "max"}:
+                    raise ConfigError(f"profile {name!r} needs exactly the keys min/opt/max, got {sorted(value)}")
+                value = (value["min"], value["opt"], value["max"])
+            if not isinstance(value, (tuple, list)) or len(value) != 3:
+                raise ConfigError(f"profile {name!r} must be (min, opt, max) shapes, got {value!r}")
+            inputs.append(InputShapes(name, *value))
+        return cls(tuple(inputs))
+
+    def to_dict(self) -> dict[str, dict[str, list[int]]]:
+        return {i.name: {"min": list(i.min), "opt": list(i.opt), "max": list(i.max)} for i in self.inputs}
+
+
+@dataclass(frozen=True)
+class TensorRTBuildConfig:
+    """What ``build_engine`` asks of the TensorRT builder (see the module docstring)."""
+
+    profiles: tuple[OptimizationProfile, ...] = ()
+    strongly_typed: bool = True
+    fp16: bool = False
+    bf16: bool = False
+    fp8: bool = False
+    workspace_bytes: int = 4 << 30
+    optimization_level: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "profiles", tuple(self.profiles))
+        for name in ("strongly_typed", *_PRECISION_FLAGS):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"TensorRTBuildConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        flags = [f for f in _PRECISION_FLAGS if getattr(self, f)]
+        if self.strongly_typed and flags:
+            raise ConfigError(
+                f"precision flags {flags} cannot be combined with strongly_typed=True: a strongly typed network takes "
+                "its precision from the ONNX graph's types and Q/DQ nodes (set strongly_typed=False for TensorRT 10's "
+                "weakly typed mode)"
+            )
+        workspace = self.workspace_bytes
+        if not isinstance(workspace, int) or isinstance(workspace, bool) or workspace <= 0:
+            raise ConfigError(f"workspace_bytes must be a positive int, got {self.workspace_bytes!r}")
+        if self.optimization_level not in range(6) or isinstance(self.optimization_level, bool):
+            raise ConfigError(f"optimization_level must be an int in 0..5, got {self.optimization_level!r}")
+        if any(not isinstance(p, OptimizationProfile) for p in self.profiles):
+            raise ConfigError(f"profiles must be OptimizationProfile objects, got {self.profiles!r}")
+        names = [sorted(i.name for i in p.inputs) for p in self.profiles]
+        if any(n != names[0] for n in names):
+            raise ConfigError(f"every optimization profile must cover the same inputs, got {names}")
+
+    @classmethod
+    def from_profile(cls, shapes: Mapping[str, Any], **kwargs: Any) -> TensorRTBuildConfig:
+        """A config with one profile from ``{input_name: (min, opt, max)}``."""
+        return cls(profiles=(OptimizationProfile.from_dict(shapes),), **kwargs)
+
+    @property
+    def precision_flags(self) -> tuple[str, ...]:
+        """The TensorRT ``BuilderFlag`` names to set (e.g. ("FP16",))."""
+        return tuple(f.upper() for f in _PRECISION_FLAGS if getattr(self, f))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profiles": [p.to_dict() for p in self.profiles],
+            "strongly_typed": self.strongly_typed,
+            **{f: getattr(self, f) for f in _PRECISION_FLAGS},
+            "workspace_bytes": self.workspace_bytes,
+            "optimization_level": self.optimization_level,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorRTBuildConfig:
+        known = set(cls().to_dict())
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown TensorRTBuildConfig keys {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        d["profiles"] = tuple(OptimizationProfile.from_dict(p) for p in d.get("profiles", ()))
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TensorRTBuildConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def timing_cache_key(trt_version: str, sm: tuple[int, int] | int) -> str:
+    """``trt<version>-sm<major><minor>``: a timing cache is only reusable for one TensorRT version and GPU arch."""
+    if not isinstance(trt_version, str) or not re.fullmatch(r"\d+(\.\d+)*([.+-]?[A-Za-z0-9]+)*", trt_version):
+        raise ConfigError(f"TensorRT version must look like '10.3.0', got {trt_version!r}")
+    if isinstance(sm, tuple) and len(sm) == 2 and all(isinstance(v, int) and v >= 0 for v in sm):
+        sm_text = f"{sm[0]}{sm[1]}"
+    elif isinstance(sm, int) and not isinstance(sm, bool) and sm > 0:
+        sm_text = str(sm)
+    else:
+        raise ConfigError(f"SM must be a (major, minor) compute capability or an int like 90, got {sm!r}")
+    return f"trt{trt_version}-sm{sm_text}"
+
+
+def timing_cache_path(cache_dir: str | Path, trt_version: str, sm: tuple[int, int] | int) -> Path:
+    return Path(cache_dir) / f"timing-{timing_cache_key(trt_version, sm)}.cache"
+
+
+def build_engine(
+    onnx_path: str | Path,
+    config: TensorRTBuildConfig,
+    out_path: str | Path,
+    *,
+    timing_cache_dir: str | Path | None = None,
+) -> Path:
+    """Build a serialized TensorRT engine from an ONNX file (GPU only); returns ``out_path``."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if config.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
+    builder_config.builder_optimization_level = config.optimization_level
+    for flag in config.precision_flags:
+        if not hasattr(trt.BuilderFlag, flag):
+            raise EngineBuildError(f"tensorrt {trt.__version__} has no BuilderFlag.{flag}: use a strongly typed build")
+        builder_config.set_flag(getattr(trt.BuilderFlag, flag))
+    for profile in config.profiles:
+        trt_profile = builder.create_optimization_profile()
+        for shapes in profile.inputs:
+            trt_profile.set_shape(shapes.name, shapes.min, shapes.opt, shapes.max)
+        builder_config.add_optimization_profile(trt_profile)
+
+    cache_file = None
+    if timing_cache_dir is not None:
+        cache_file = timing_cache_path(timing_cache_dir, trt.__version__, torch.cuda.get_device_capability())
+        cache = builder_config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        builder_config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    if cache_file is not None:
+        with atomic_output(cache_file) as tmp:
+            tmp.write_bytes(memoryview(builder_config.get_timing_cache().serialize()))
+    out_path = Path(out_path)
+    with atomic_output(out_path) as tmp:
+        tmp.write_bytes(memoryview(serialized))
+    return out_path
+
+
+class TensorRTRunner:
+    """Runs a serialized engine (optimization profile 0) on torch CUDA tensors, on the current CUDA stream."""
+
+    def __init__(self, engine_path: str | Path):
+        trt = require_tensorrt()
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise EngineBuildError(f"TensorRT cannot deserialize {engine_path} (other TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
+        dtypes = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
+                  "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8,
+                  "FP8": torch.float8_e4m3fn}
+        to_torch = {getattr(trt.DataType, k): v for k, v in dtypes.items() if hasattr(trt.DataType, k)}
+        self.dtypes = {n: to_torch[self.engine.get_tensor_dtype(n)] for n in names}
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if set(inputs) != set(self.input_names):
+            raise InvalidInputError(f"engine inputs are {self.input_names}, got {sorted(inputs)}")
+        keep = []  # contiguous copies must outlive the launch
+        for name in self.input_names:
+            t = inputs[name]
+            if not t.is_cuda or t.dtype != self.dtypes[name]:
+                raise InvalidInputError(
+                    f"input {name!r} must be a CUDA {self.dtypes[name]} tensor, got {t.device} {t.dtype}"
+                )
+            t = t.contiguous()
+            keep.append(t)
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs[name] = out
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise EngineBuildError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        return outputs
