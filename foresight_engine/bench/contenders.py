@@ -4,8 +4,10 @@ through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite an
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -61,6 +63,9 @@ class BenchContext:
     inputs: BenchInputs = None  # type: ignore[assignment]
     engines: dict[str, Engine] = field(default_factory=dict)
     models: dict[str, GLPModel] = field(default_factory=dict)  # cast copies of the reference weights
+    # built artifacts persist across runs (the cache key decides what is rebuilt)
+    artifact_root: Path = field(default_factory=lambda: Path(os.environ.get("FORESIGHT_BENCH_ARTIFACTS",
+                                                                            ".benchmarks/artifacts")))
     stage_flops: dict[str, int] = field(default_factory=dict)  # model FLOPs per stage call, counted once
 
     def __post_init__(self) -> None:
@@ -199,7 +204,19 @@ ENGINE_CONFIGS: list[EngineConfig] = [
                  "the runtime in bf16 without the text/video overlap"),
     EngineConfig("runtime-bf16-stepcache", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), step_cache=0.2),
                  "the runtime in bf16 with the first-block step cache (threshold 0.2)"),
+    EngineConfig("compile-bf16", "bf16", lambda ctx: _artifact_engine(ctx, "compile", "bf16"),
+                 "a built artifact: torch.compile stages in bf16 (Engine.load), overlapped"),
+    EngineConfig("onnx-fp32", "fp32", lambda ctx: _artifact_engine(ctx, "onnx", "fp32"),
+                 "a built artifact: ONNX Runtime stages in fp32 (Engine.load), overlapped"),
 ]
+
+
+def _artifact_engine(ctx: BenchContext, backend: str, precision: str) -> Engine:
+    """Build (or find in the content-keyed cache) the preset's artifact, then load it like a user would.
+    The gate is off: accuracy is the tests' job, and the bench reports the error it sees anyway."""
+    from ..builders.build import build  # the bench is a builder's client; the engine itself never imports builders
+    directory = ctx.artifact_root / f"{ctx.preset}-seed{ctx.seed}-{backend}-{precision}"
+    return Engine.load(build(ctx.base.model, directory, backend=backend, precision=precision, gate=False).directory)
 
 
 def contenders(names: list[str] | None = None) -> list[Peer | EngineConfig]:
