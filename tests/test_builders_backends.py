@@ -74,7 +74,9 @@ def test_onnx_artifact_refuses_another_grid(onnx_fp32, image):
     from foresight_engine.errors import ArtifactError
     loaded = Engine.load(onnx_fp32.directory)
     with pytest.raises(ArtifactError, match="rebuild needed: .*denoising step is built for"):
-        loaded.predict(image, PROMPT, num_frames=13)
+        loaded.prepare(image, PROMPT, num_frames=13)  # refused while validating, before any model runs
+    with pytest.raises(ArtifactError, match="rebuild needed: .*batch"):
+        loaded.prepare(image, PROMPT, guidance_scale=3.0)  # built without classifier-free guidance
 
 
 def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):

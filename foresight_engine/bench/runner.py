@@ -44,7 +44,7 @@ class SuiteOptions:
 
     @property
     def end_to_end(self) -> Rounds:
-        return Rounds(1, 2) if self.quick else Rounds(2, 5)
+        return Rounds(1, 3) if self.quick else Rounds(2, 5)
 
     @property
     def stage(self) -> Rounds:
@@ -71,18 +71,26 @@ class Result:
 
 def measure(fn: Callable[[], Any], rounds: Rounds) -> tuple[list[float], Any]:
     """Seconds of each timed round, and the last round's result."""
+    return measure_interleaved({"fn": fn}, rounds)["fn"]
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: Rounds) -> dict[str, tuple[list[float], Any]]:
+    """Like `measure` for several contenders, timed round-robin (round 1 of each, then round 2 of each, ...):
+    a shared machine's drift in speed then lands on every contender alike, so their ratios hold."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    result = None
-    for _ in range(rounds.warmup):
-        result = fn()
-    times = []
+    last: dict[str, Any] = {}
+    for name, fn in fns.items():
+        for _ in range(rounds.warmup):
+            last[name] = fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds.rounds):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times, result
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            last[name] = fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: (times[name], last.get(name)) for name in fns}
 
 
 def p90(times: list[float]) -> float:
@@ -205,10 +213,11 @@ def run_suite(options: SuiteOptions) -> SuiteReport:
             log.info("stage %s / %s", stage, config.name)
             times, _ = measure(calls[stage], options.stage)
             results.append(stage_result(ctx, config, stage, times))
+    log.info("end to end, round-robin: %s", ", ".join(c.name for c in chosen))
+    measured = measure_interleaved({c.name: c.step_fn(ctx) for c in chosen}, options.end_to_end)
     timelines = {}
     for contender in chosen:
-        log.info("end to end / %s", contender.name)
-        times, last = measure(contender.step_fn(ctx), options.end_to_end)
+        times, last = measured[contender.name]
         results.append(end_to_end_result(ctx, contender, times, last))
         timelines[contender.name] = last.timings
     return summarize(options.preset, results, timelines, time.perf_counter() - start)

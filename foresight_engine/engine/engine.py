@@ -313,6 +313,9 @@ class Engine:
     def prepare(self, images, prompt=None, *, messages=None, actual=None, **settings) -> PreparedRequest:
         """Validate everything and run the (cheap) processor; raises before any model runs."""
         s = resolve_settings(self.config, **settings)
+        grid = self.latent_grid(s)  # built (fixed-shape) components refuse other shapes here, before any model runs
+        self.model.video_decoder.check_request(grid, self.rope_scale(s), 2 if s.guidance_scale > 1 else 1)
+        self.model.vae.check_request((1, grid.channels, grid.frames, grid.height, grid.width))
         actual_frames = None if actual is None else load_clip(actual, "actual")
         pil = load_images(images, self.config.processor.max_images)
         chat = build_messages(prompt, messages, len(pil))

@@ -86,13 +86,16 @@ class StagedVideoDecoder(VideoDecoder):
         self.rope_scale = tuple(float(x) for x in rope_scale)
         self.batch = batch  # 2 when built for classifier-free guidance
 
-    def forward(self, latents, conditioning, conditioning_mask, timestep, grid: LatentGrid, rope_scale):
+    def check_request(self, grid: LatentGrid, rope_scale, batch: int) -> None:
         built = (self.grid, self.rope_scale, self.batch)
-        wanted = (grid, tuple(float(x) for x in rope_scale), latents.shape[0])
+        wanted = (grid, tuple(float(x) for x in rope_scale), batch)
         if built != wanted:
             raise ArtifactError(f"rebuild needed: this artifact's denoising step is built for (grid, RoPE scale, "
                                 f"batch) {built}; the request needs {wanted} (build with the request's "
                                 "--frames/--height/--width, and guidance on or off as requested)")
+
+    def forward(self, latents, conditioning, conditioning_mask, timestep, grid: LatentGrid, rope_scale):
+        self.check_request(grid, rope_scale, latents.shape[0])
         return _outputs(self.stage(*_canonical(latents, conditioning, conditioning_mask, timestep)))[0].float()
 
 
@@ -104,10 +107,13 @@ class StagedVAE(VideoVAE):
         self.stage = stage
         self.latent_shape = tuple(latent_shape)
 
-    def decode(self, latents, generator, decode_timestep: float = 0.0, decode_noise_scale: float | None = None):
-        if tuple(latents.shape) != self.latent_shape:
+    def check_request(self, latent_shape: tuple[int, ...]) -> None:
+        if tuple(latent_shape) != self.latent_shape:
             raise ArtifactError(f"rebuild needed: this artifact's VAE decode is built for latents {self.latent_shape}, "
-                                f"got {tuple(latents.shape)}")
+                                f"got {tuple(latent_shape)}")
+
+    def decode(self, latents, generator, decode_timestep: float = 0.0, decode_noise_scale: float | None = None):
+        self.check_request(tuple(latents.shape))
         return _outputs(self.stage(*_canonical(latents)))[0].float()
 
 

@@ -36,6 +36,9 @@ class VideoVAE(nn.Module):
         return (self.vae.latents_mean.view(shape).to(like.device, like.dtype),
                 self.vae.latents_std.view(shape).to(like.device, like.dtype))
 
+    def check_request(self, latent_shape: tuple[int, ...]) -> None:
+        """Raise if this VAE cannot decode latents of `latent_shape` [B, C, f, h, w]; the eager one decodes any."""
+
     def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """`image` [B, 3, H, W] in [-1, 1] -> normalised latents [B, C, 1, h, w] (fp32), sampled with `generator`."""
         posterior = self.vae.encode(image.to(self.dtype).unsqueeze(2)).latent_dist

@@ -96,6 +96,10 @@ class VideoDecoder(nn.Module):
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
         return Schedule(timesteps=sched.timesteps.float(), sigmas=sched.sigmas.float())
 
+    def check_request(self, grid: LatentGrid, rope_scale: tuple[float, float, float], batch: int) -> None:
+        """Raise if this decoder cannot run a request of this shape. The eager one runs any; built ones
+        (fixed shapes) override it so a mismatch is refused before any model runs."""
+
     def forward(self, latents: torch.Tensor, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
                 timestep: torch.Tensor, grid: LatentGrid, rope_scale: tuple[float, float, float]) -> torch.Tensor:
         """One denoising step: tokens [B, S, C_lat], conditioning [B, L, C_cond], per-token timestep [B, S]
