@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import AccuracyGateError, ConfigError, InvalidInputError
+from ..verify.metrics import psnr_from_mse
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 
@@ -87,10 +88,7 @@ def psnr(frames: np.ndarray | torch.Tensor, reference_frames: np.ndarray | torch
         if dtype != torch.uint8:
             raise InvalidInputError(f"{what} must be uint8 video frames, got dtype {dtype}")
     a, r = _pair(frames, reference_frames)
-    mse = torch.mean((a - r) ** 2).item()
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(255.0**2 / mse)
+    return psnr_from_mse(torch.mean((a - r) ** 2).item())  # over the whole clip, not a mean of per-frame PSNRs
 
 
 def token_agreement(tokens: Sequence[int], reference_tokens: Sequence[int]) -> float:

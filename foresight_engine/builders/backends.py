@@ -23,6 +23,7 @@ from ..models.export_spec import BuildShape, ExportSpec, export_specs
 from ..models.glp import GLPModel
 from ..models.weights import save_safetensors
 from . import fp8, tensorrt
+from .accuracy import relative_l2
 from .plan import BuildPlan
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,6 @@ def _quiet(*loggers: str):
             logging.getLogger(name).setLevel(level)
 
 
-def _relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    a, r = actual.double(), reference.double()
-    return float((a - r).norm() / r.norm().clamp_min(1e-30))
-
-
 def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path, opset: int,
                 scales: fp8.Fp8Scales | None = None) -> dict[str, Any]:
     """Export one stage with torch.onnx (dynamo); with FP8 `scales`, insert float8 Q/DQ in front of the calibrated
@@ -109,7 +105,7 @@ def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path
         expected = module(*check)
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = OnnxStage(path, quantized=scales is not None)(*check)
-    entry["ort_vs_eager"] = {name: _relative_error(g, e.float()) for name, g, e in
+    entry["ort_vs_eager"] = {name: relative_l2(g, e.float()) for name, g, e in
                              zip(spec.output_names, got, expected) if e.is_floating_point()}
     log.info("exported %s -> %s; ONNX Runtime vs eager relative L2 %s", spec.name, path.name, entry["ort_vs_eager"])
     return entry

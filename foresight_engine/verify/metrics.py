@@ -15,13 +15,18 @@ _C2 = (0.03 * DATA_RANGE) ** 2  # K2 = 0.03
 PIXEL_FEATURE_SIDE = 32  # frames are downsampled to 32x32 for pixel-based temporal consistency
 
 
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of 8-bit pixels (data range 255) from their mean squared error; `inf` when it is 0."""
+    return math.inf if mse == 0.0 else 10.0 * math.log10(DATA_RANGE**2 / mse)
+
+
 def psnr_per_frame(predicted: np.ndarray, actual: np.ndarray) -> list[float]:
     """PSNR in dB of each frame pair (data range 255); `inf` for a pixel-identical pair. Inputs uint8 [F, H, W, 3]."""
     out = []
     for pred, act in zip(predicted, actual, strict=True):  # frame by frame: a float64 copy of a whole clip can be GBs
         diff = pred.astype(np.float64) - act  # [H, W, 3]
         mse = float(np.mean(diff * diff))
-        out.append(math.inf if mse == 0.0 else 10.0 * math.log10(DATA_RANGE**2 / mse))
+        out.append(psnr_from_mse(mse))
     return out
 
 
