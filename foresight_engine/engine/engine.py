@@ -46,7 +46,7 @@ from .events import DenoiseStep, Done, Event, FramesReady, TextToken
 from .prediction import Prediction, Timings
 from .request import (ImageInput, Settings, build_messages, check_prompt_length, load_images, resolve_settings)
 from .request_state import BranchAborted, RequestRegistry, RequestState
-from .threads import ThreadSplit, set_threads, use_threads
+from .threads import ThreadSplit, use_threads
 
 if TYPE_CHECKING:
     from .session import Session
@@ -258,12 +258,8 @@ class Engine:
     def _video_branch(self, state: RequestState, request: PreparedRequest, world_latent: torch.Tensor,
                       timings: Timings) -> tuple[np.ndarray, torch.Tensor]:
         try:
-            def threads() -> int:
-                if not self.overlap:
-                    return self.threads.front
-                return self.threads.video if state.text_done.is_set() else self.threads.video_shared
-
-            with torch.inference_mode(), state.holding(self._video_lock), use_threads(threads()):
+            threads = self.threads.video if self.overlap else self.threads.front
+            with torch.inference_mode(), state.holding(self._video_lock), use_threads(threads):
                 state.check()
                 with _timed(timings, "adapter", state.started):
                     conditioning, conditioning_mask = self.adapt(world_latent)
@@ -272,7 +268,6 @@ class Engine:
                 def on_step(step: int, total: int) -> None:
                     state.emit(DenoiseStep(state.request_id, step, total))
                     state.check()
-                    set_threads(threads())  # all cores once the text branch is done
 
                 with _timed(timings, "denoise", state.started):
                     latents, grid = self.denoise(request, conditioning, conditioning_mask, generator, on_step)
@@ -303,11 +298,8 @@ class Engine:
                 shown = text
 
         threads = self.threads.text if self.overlap else self.threads.front
-        try:
-            with torch.inference_mode(), use_threads(threads), _timed(timings, "text", state.started):
-                return self.decode_text(prefill, request.settings.max_new_tokens, on_token)
-        finally:
-            state.text_done.set()
+        with torch.inference_mode(), use_threads(threads), _timed(timings, "text", state.started):
+            return self.decode_text(prefill, request.settings.max_new_tokens, on_token)
 
     # ------------------------------------------------------------------------------------------- stages
     def prepare(self, images, prompt=None, *, messages=None, actual=None, **settings) -> PreparedRequest:

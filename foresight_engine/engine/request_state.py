@@ -27,7 +27,6 @@ class RequestState:
         self.timeout_s = timeout_s
         self.emit = emit or (lambda event: None)
         self.streaming = emit is not None  # text events cost a detokenisation per token: only when listened to
-        self.text_done = threading.Event()  # the text branch has finished (the video branch may take every core)
         self._cancelled = threading.Event()
         self._aborted = threading.Event()
 

@@ -2,10 +2,10 @@
 
 `torch.set_num_threads` writes the *calling thread's* OpenMP setting (ATen's OpenMP backend; checked: a worker
 that sets 1 leaves another thread's matmuls at full speed, though `torch.get_num_threads()` then reports the
-last value set anywhere), so each branch sets its own count. With overlap on, the video branch runs on
-`video_shared` threads while the text branch is still decoding and on `video` once it is done (re-set between
-denoising steps): oversubscribing the cores (e.g. 2 + 1 threads on 2 cores) stalls OpenMP's barriers. See README
-"Runtime" for the measured splits.
+last value set anywhere), so each branch sets its own count. A branch keeps ONE count for the whole request:
+CPU kernels split their reductions by thread count, so switching counts at a moment that depends on the other
+branch's progress would make the same seed give (slightly) different frames. See README "Runtime" for the
+measured splits.
 """
 from __future__ import annotations
 
@@ -23,12 +23,11 @@ CORES = os.cpu_count() or 1
 @dataclass(frozen=True)
 class ThreadSplit:
     front: int = CORES  # vision + prefill, and the whole step when overlap is off
-    video: int = CORES  # adapter -> denoise -> VAE once the text branch is done
+    video: int = CORES  # adapter -> denoise -> VAE, overlapped with the text branch
     text: int = 1  # greedy decode (one-row matmuls: a second thread buys little)
-    video_shared: int = max(1, CORES - 1)  # the video branch while the text branch still runs
 
     def __post_init__(self):
-        for name in ("front", "video", "text", "video_shared"):
+        for name in ("front", "video", "text"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ThreadSplit.{name}={value!r} must be an integer >= 1")
