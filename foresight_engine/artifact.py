@@ -1,9 +1,12 @@
-"""Artifact directory: where builders and the engine meet (neither imports the other).
+"""Artifact directory: where builders and the engine meet (neither imports the other). This module owns its layout
+and the typed manifest both sides read and write.
 
 Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `backbone/`, `adapter/`,
-`video_decoder/`, `vae/`) + `processor/` (tokenizer and image processor). The manifest keeps the raw key
-factors (`KeyFactors`), their hash (`key`), what each component was built as, and the sha256 and size of every
-file. A cache hit is a key match of a verified artifact, never a directory that exists.
+`video_decoder/`, `vae/`) holding `weights.safetensors` and the files of its built stages (`<stage>.onnx`,
+`<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer and image processor). The manifest keeps the
+raw key factors (`KeyFactors`), their hash (`key`), what each component was built as (`ComponentEntry`, one
+`StageEntry` per stage), and the sha256 and size of every file. A cache hit is a key match of a verified artifact,
+never a directory that exists.
 
 Writes go to a temporary sibling directory; `manifest.json` is written last and the directory is renamed into
 place under a file lock, so a killed build leaves only a `.NAME.tmp-*` folder without a valid manifest.
@@ -19,7 +22,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -27,21 +30,27 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from filelock import FileLock
 
+from .backends import Backend, toolchain_packages
 from .errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "foresight-artifact-v1"
+FORMAT = "foresight-artifact-v2"  # v2: one KV cache (decode on a fixed-length buffer), typed stage entries
 MANIFEST = "manifest.json"
-# Packages whose version changes what an artifact holds or how it runs.
-TOOLCHAIN_PACKAGES = ("torch", "transformers", "diffusers", "onnx", "onnxruntime", "tensorrt")
-# Which toolchain entries a backend's artifacts depend on (others may differ freely).
-BACKEND_TOOLCHAIN = {
-    "eager": ("torch", "transformers", "diffusers"),
-    "compile": ("torch", "transformers", "diffusers"),
-    "onnx": ("torch", "transformers", "diffusers", "onnx", "onnxruntime"),
-    "tensorrt": ("torch", "transformers", "diffusers", "onnx", "tensorrt"),
-}
+PROCESSOR_DIR = "processor"
+WEIGHTS_FILE = "weights.safetensors"
+# Packages whose version changes what an artifact holds or how it runs (each backend depends on a subset).
+TOOLCHAIN_PACKAGES = toolchain_packages()
+
+
+def weights_file(component: str) -> str:
+    """Relative path of a component's weights."""
+    return f"{component}/{WEIGHTS_FILE}"
+
+
+def stage_file(component: str, stage: str, suffix: str) -> str:
+    """Relative path of one of a stage's files: `.onnx` graph, `.plan` TensorRT engine, `.fp8.safetensors` scales."""
+    return f"{component}/{stage}{suffix}"
 
 
 def _version(package: str) -> str | None:
@@ -123,11 +132,60 @@ class KeyFactors:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class StageEntry:
+    """How one stage was built: the backend that runs it, its precision, its shape profile and its files."""
+
+    backend: str
+    precision: str
+    profile: dict[str, Any] = field(default_factory=dict)  # input -> [min, opt, max] shapes
+    reason: str = ""  # why it runs eager in a non-eager build
+    file: str | None = None  # its ONNX graph (onnx, tensorrt)
+    engine: str | None = None  # its TensorRT plan
+    fp8_scales: str | None = None  # its FP8 scales (Q/DQ graphs)
+    fp8_layers: int = 0
+    ort_vs_eager: dict[str, float] = field(default_factory=dict)  # relative L2 per output of the exported graph
+    tensorrt_config: dict[str, Any] | None = None
+
+    @property
+    def built(self) -> bool:
+        """Whether a backend other than eager runs it (the engine then loads it through that backend's runner)."""
+        return self.backend != Backend.EAGER.value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields left at their default are left out."""
+        data = asdict(self)
+        return {k: v for k, v in data.items() if k in ("backend", "precision") or v not in (None, "", 0, {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageEntry":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise _rebuild(f"manifest stage entry has unknown field(s) {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    precision: str
+    stages: dict[str, StageEntry] = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"precision": self.precision, "stages": {n: s.to_dict() for n, s in self.stages.items()}}
+        return out | ({"note": self.note} if self.note else {})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ComponentEntry":
+        return cls(precision=data["precision"], note=data.get("note", ""),
+                   stages={n: StageEntry.from_dict(s) for n, s in data.get("stages", {}).items()})
+
+
 @dataclass
 class Manifest:
     key: str
     factors: KeyFactors
-    components: dict[str, dict[str, Any]]  # name -> {backend, precision, stages: {stage: {...}}, note}
+    components: dict[str, ComponentEntry]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # relative path -> {sha256, bytes}
     report: dict[str, Any] = field(default_factory=dict)  # accuracy, build seconds
     format: str = FORMAT
@@ -135,13 +193,20 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "key": self.key, "created": self.created, "factors": self.factors.to_dict(),
-                "components": self.components, "files": self.files, "report": self.report}
+                "components": {n: c.to_dict() for n, c in self.components.items()}, "files": self.files,
+                "report": self.report}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        return cls(key=data["key"], factors=KeyFactors.from_dict(data["factors"]), components=data["components"],
+        return cls(key=data["key"], factors=KeyFactors.from_dict(data["factors"]),
+                   components={n: ComponentEntry.from_dict(c) for n, c in data["components"].items()},
                    files=data["files"], report=data.get("report", {}), format=data["format"],
                    created=data.get("created", 0.0))
+
+    @property
+    def stages(self) -> dict[str, StageEntry]:
+        """Every stage's entry, by stage name."""
+        return {name: entry for c in self.components.values() for name, entry in c.stages.items()}
 
 
 def _rebuild(reason: str) -> ArtifactError:
@@ -154,12 +219,12 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not path.is_file():
         raise _rebuild(f"no {MANIFEST} in {directory} (not an artifact, or its build did not finish)")
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise _rebuild(f"artifact format {data.get('format')!r}, this engine reads {FORMAT!r}")
+        return Manifest.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _rebuild(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
-    if manifest.format != FORMAT:
-        raise _rebuild(f"artifact format {manifest.format!r}, this engine reads {FORMAT!r}")
-    return manifest
 
 
 def verify(directory: str | Path, device: str | torch.device = "cpu") -> Manifest:
@@ -172,7 +237,12 @@ def verify(directory: str | Path, device: str | torch.device = "cpu") -> Manifes
         raise _rebuild(f"manifest key {manifest.key[:12]} does not match its factors ({factors.key()[:12]}): "
                        "the manifest was edited")
     here = toolchain()
-    for package in BACKEND_TOOLCHAIN.get(factors.backend, TOOLCHAIN_PACKAGES):
+    try:
+        backend = Backend(factors.backend).spec
+    except ValueError:
+        raise _rebuild(f"artifact backend {factors.backend!r} is not one this engine knows "
+                       f"({[b.value for b in Backend]})") from None
+    for package in backend.toolchain:
         built = factors.toolchain.get(package)
         if built != here.get(package):
             raise _rebuild(f"{package} version changed (artifact built with {built}, installed: {here.get(package)})")
@@ -280,11 +350,10 @@ def describe(manifest: Manifest) -> str:
              f"  calibration: {f.calibration_hash or '-'}",
              "  components:"]
     for name, comp in manifest.components.items():
-        stages = ", ".join(f"{s}={info.get('backend')}/{info.get('precision')}"
-                           for s, info in comp.get("stages", {}).items())
-        lines.append(f"    {name:14s} {comp.get('precision'):5s} {stages}")
-        if comp.get("note"):
-            lines.append(f"    {'':14s} note: {comp['note']}")
+        stages = ", ".join(f"{s}={info.backend}/{info.precision}" for s, info in comp.stages.items())
+        lines.append(f"    {name:14s} {comp.precision:5s} {stages}")
+        if comp.note:
+            lines.append(f"    {'':14s} note: {comp.note}")
     if manifest.report:
         lines.append("  report:")
         for k, v in manifest.report.items():
@@ -294,5 +363,6 @@ def describe(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMAT", "KeyFactors", "MANIFEST", "Manifest", "build_atomically", "cached", "describe",
-           "device_info", "read_manifest", "sha256_file", "tensors_hash", "toolchain", "verify", "write_manifest"]
+__all__ = ["ComponentEntry", "FORMAT", "KeyFactors", "MANIFEST", "Manifest", "PROCESSOR_DIR", "StageEntry",
+           "WEIGHTS_FILE", "build_atomically", "cached", "describe", "device_info", "read_manifest", "sha256_file",
+           "stage_file", "tensors_hash", "toolchain", "verify", "weights_file", "write_manifest"]

@@ -58,6 +58,15 @@ class BackendUnavailable(ForesightError):
     """A backend cannot run on this machine (no CUDA device, package missing or too old); the message names what."""
 
 
+class DeviceUnavailable(BackendUnavailable):
+    """The requested device is not on this machine (e.g. `cuda` without a CUDA GPU); the message names it."""
+
+
+class GraphCaptureError(ForesightError):
+    """A CUDA graph cannot capture this work: a tensor it reads is not on a CUDA device, or the work reads values
+    back to the host. Raised instead of capturing an empty or wrong graph."""
+
+
 class CalibrationError(ForesightError, ValueError):
     """FP8 calibration got no usable data (no batches, a non-finite activation, a scale for an unknown layer)."""
 
