@@ -1,5 +1,6 @@
 """Export specs: for each stage, its tensor-only wrapper, input/output names, dynamic axes, sample inputs for a
 shape and a min/opt/max shape profile (what TensorRT's optimization profiles and the ONNX export consume).
+`export_specs(config)` is also the one vocabulary of stage names (`STAGES`).
 
 Model code only: no onnx, tensorrt or builders imports here.
 """
@@ -14,10 +15,12 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .kv_cache import default_length
 from .stages import AdapterStage, DecodeStage, DenoiseStage, PrefillStage, VAEDecodeStage, VisionStage
-from .video_decoder import LatentGrid
+from .video_geometry import VideoGeometry
 
 Shape = tuple[int, ...]
+STAGES = ("vision", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class BuildShape:
     guidance: bool = False  # classifier-free guidance doubles the denoising batch
     prompt_tokens: int = 64  # typical prompt length (images included): the prefill's `opt`
     max_new_tokens: int = 16
+    cache_len: int | None = None  # KV cache slots the decode stage is built for (None: the config's default)
 
     @classmethod
     def for_config(cls, config: ModelConfig, height: int | None = None, width: int | None = None,
@@ -54,15 +58,11 @@ class BuildShape:
     def batch(self) -> int:
         return 2 if self.guidance else 1
 
-    def latent_grid(self, config: ModelConfig) -> LatentGrid:
-        vae, tr = config.vae, config.transformer
-        return LatentGrid(frames=(self.num_frames - 1) // vae.temporal_compression + 1,
-                          height=self.height // vae.spatial_compression, width=self.width // vae.spatial_compression,
-                          channels=vae.latent_channels, patch=tr.patch_size, patch_t=tr.patch_size_t)
+    def geometry(self, config: ModelConfig) -> VideoGeometry:
+        return VideoGeometry.of(config, self.height, self.width, self.num_frames, self.frame_rate)
 
-    def rope_scale(self, config: ModelConfig) -> tuple[float, float, float]:
-        vae = config.vae
-        return (vae.temporal_compression / self.frame_rate, vae.spatial_compression, vae.spatial_compression)
+    def cache_length(self, config: ModelConfig) -> int:
+        return self.cache_len or default_length(config)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,9 +81,13 @@ class ExportSpec:
     wrap: Callable[[Any, BuildShape], nn.Module]
     sampler: Callable[[BuildShape, torch.Generator], tuple[torch.Tensor, ...]]
     profiler: Callable[[BuildShape], dict[str, tuple[Shape, Shape, Shape]]]
+    cache_inputs: tuple[str, ...] = ()  # KV-cache inputs: kept in the component's dtype, never copied to fp32
 
-    def sample_inputs(self, shape: BuildShape, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        return self.sampler(shape, torch.Generator().manual_seed(seed))
+    def sample_inputs(self, shape: BuildShape, seed: int = 0,
+                      cache_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+        inputs = self.sampler(shape, torch.Generator().manual_seed(seed))
+        return tuple(x.to(cache_dtype) if name in self.cache_inputs else x
+                     for name, x in zip(self.input_names, inputs))
 
     def profile(self, shape: BuildShape) -> dict[str, tuple[Shape, Shape, Shape]]:
         return self.profiler(shape)
@@ -97,14 +101,24 @@ def _image_patches(config: ModelConfig) -> int:
     return side * v.spatial_merge_size
 
 
+def _vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+    if model.vae.timestep_conditioned:
+        raise ConfigError("the VAE decode stage is built for VAEs without timestep conditioning (its decode draws "
+                          "noise); this VAE has timestep_conditioning=True: build with --stages excluding vae_decode")
+    return VAEDecodeStage(model.vae, config.generation.decode_timestep)
+
+
 def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
     """The six stages of the stack, in run order."""
     v, t, a, tr = config.vision, config.text, config.adapter, config.transformer
     patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
     side = _image_patches(config)
     per_image = side * side  # patches per image
-    kv = (t.num_hidden_layers, 1, t.num_key_value_heads, 0, t.head_dim)  # T filled in below
     max_prompt = config.processor.max_prompt_tokens
+    past = 3  # cached prefix of the prefill's sample inputs (torch.export specialises sizes 0 and 1)
+
+    def kv(length: int) -> Shape:
+        return (t.num_hidden_layers, 1, t.num_key_value_heads, length, t.head_dim)
 
     def vision_inputs(s, g):
         return (torch.randn(per_image, patch_dim, generator=g), torch.tensor([[1, side, side]]))
@@ -112,38 +126,35 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
     def prefill_inputs(s, g):
         n = s.prompt_tokens
         return (torch.randn(1, n, t.hidden_size, generator=g),
-                torch.arange(n).view(1, 1, n).expand(3, 1, n).contiguous())
+                torch.arange(past, past + n).view(1, 1, n).expand(3, 1, n).contiguous(),
+                torch.randn(kv(past), generator=g), torch.randn(kv(past), generator=g))
 
     def decode_inputs(s, g):
-        n = s.prompt_tokens
-        cache = kv[:3] + (n,) + kv[4:]
+        n, cache = s.prompt_tokens, kv(s.cache_length(config))
         return (torch.randint(0, t.vocab_size, (1, 1), generator=g), torch.tensor([n]),
-                torch.randn(cache, generator=g), torch.randn(cache, generator=g))
+                torch.randn(cache, generator=g), torch.randn(cache, generator=g), torch.tensor(n))
 
     def denoise_inputs(s, g):
-        grid = s.latent_grid(config)
+        geometry = s.geometry(config)
+        grid = geometry.grid
         b, n = s.batch, grid.num_tokens
         timestep = torch.full((b, n), 500.0)
-        timestep[:, : grid.tokens_per_frame] = 0.0  # the conditioned first frame
-        return (torch.randn(b, n, grid.channels * grid.patch ** 2 * grid.patch_t, generator=g),
+        timestep[:, : geometry.pinned] = 0.0  # the conditioned first frame
+        return (torch.randn(b, n, grid.token_channels, generator=g),
                 torch.randn(b, a.num_tokens, tr.caption_channels, generator=g),
                 torch.ones(b, a.num_tokens, dtype=torch.long), timestep)
 
     def vae_inputs(s, g):
-        grid = s.latent_grid(config)
-        return (torch.randn(1, grid.channels, grid.frames, grid.height, grid.width, generator=g),)
+        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
 
-    def fixed(sampler):
+    def fixed(sampler, names):
         def profiler(s):
             shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
-            return {f"input{i}": (sh, sh, sh) for i, sh in enumerate(shapes)}
+            return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
         return profiler
 
-    def named(profiler, names):
-        def renamed(s):
-            return dict(zip(names, profiler(s).values()))
-        return renamed
-
+    decode_names = ("token_ids", "position", "keys", "values", "slot")
+    denoise_names = ("latents", "conditioning", "conditioning_mask", "timestep")
     specs = [
         ExportSpec("vision", "vision_tower", ("pixel_values", "grid_thw"), ("image_embeds",),
                    {"pixel_values": {0: "patches"}, "grid_thw": {0: "images"}, "image_embeds": {0: "visual_tokens"}},
@@ -151,35 +162,30 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
                    lambda s: {"pixel_values": ((per_image, patch_dim), (per_image, patch_dim),
                                                (per_image * config.processor.max_images, patch_dim)),
                               "grid_thw": ((1, 3), (1, 3), (config.processor.max_images, 3))}),
-        ExportSpec("prefill", "backbone", ("embeds", "position_ids"), ("logits", "world_latent", "keys", "values"),
-                   {"embeds": {1: "prompt"}, "position_ids": {2: "prompt"}, "keys": {3: "prompt"},
-                    "values": {3: "prompt"}},
+        ExportSpec("prefill", "backbone", ("embeds", "position_ids", "past_keys", "past_values"),
+                   ("logits", "world_latent", "keys", "values"),
+                   {"embeds": {1: "prompt"}, "position_ids": {2: "prompt"}, "past_keys": {3: "past"},
+                    "past_values": {3: "past"}, "keys": {3: "prompt"}, "values": {3: "prompt"}},
                    lambda m, s: PrefillStage(m.backbone), prefill_inputs,
                    lambda s: {"embeds": ((1, 1, t.hidden_size), (1, s.prompt_tokens, t.hidden_size),
                                          (1, max_prompt, t.hidden_size)),
-                              "position_ids": ((3, 1, 1), (3, 1, s.prompt_tokens), (3, 1, max_prompt))}),
-        ExportSpec("decode", "backbone", ("token_ids", "position", "keys", "values"),
-                   ("logits", "present_keys", "present_values"),
-                   {"keys": {3: "past"}, "values": {3: "past"}, "present_keys": {3: "present"},
-                    "present_values": {3: "present"}},
-                   lambda m, s: DecodeStage(m.backbone), decode_inputs,
-                   lambda s: {name: (kv[:3] + (1,) + kv[4:], kv[:3] + (s.prompt_tokens,) + kv[4:],
-                                     kv[:3] + (max_prompt + s.max_new_tokens,) + kv[4:])
-                              for name in ("keys", "values")}),
+                              "position_ids": ((3, 1, 1), (3, 1, s.prompt_tokens), (3, 1, max_prompt)),
+                              **{name: (kv(0), kv(0), kv(max_prompt - 1)) for name in ("past_keys", "past_values")}},
+                   cache_inputs=("past_keys", "past_values")),
+        ExportSpec("decode", "backbone", decode_names, ("logits", "new_keys", "new_values"), {},
+                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed(decode_inputs, decode_names),
+                   cache_inputs=("keys", "values")),
         ExportSpec("adapter", "adapter", ("world_latent",), ("conditioning", "conditioning_mask"), {},
                    lambda m, s: AdapterStage(m.adapter),
                    lambda s, g: (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),),
-                   named(fixed(lambda s, g: (torch.zeros(1, a.num_query_tokens, t.hidden_size),)),
-                         ("world_latent",))),
-        ExportSpec("denoise", "video_decoder", ("latents", "conditioning", "conditioning_mask", "timestep"),
-                   ("velocity",), {},
-                   lambda m, s: DenoiseStage(m.video_decoder, s.latent_grid(config), s.rope_scale(config)),
-                   denoise_inputs,
-                   named(fixed(denoise_inputs), ("latents", "conditioning", "conditioning_mask", "timestep"))),
+                   fixed(lambda s, g: (torch.zeros(1, a.num_query_tokens, t.hidden_size),), ("world_latent",))),
+        ExportSpec("denoise", "video_decoder", denoise_names, ("velocity",), {},
+                   lambda m, s: DenoiseStage(m.video_decoder, s.geometry(config)), denoise_inputs,
+                   fixed(denoise_inputs, denoise_names)),
         ExportSpec("vae_decode", "vae", ("latents",), ("video",), {},
-                   lambda m, s: VAEDecodeStage(m.vae), vae_inputs, named(fixed(vae_inputs), ("latents",))),
+                   lambda m, s: _vae_stage(m, config), vae_inputs, fixed(vae_inputs, ("latents",))),
     ]
     return {spec.name: spec for spec in specs}
 
 
-__all__ = ["BuildShape", "ExportSpec", "export_specs"]
+__all__ = ["BuildShape", "ExportSpec", "STAGES", "export_specs"]

@@ -71,6 +71,18 @@ class GLPModel:
         return {"vision_tower": self.vision_tower, "backbone": self.backbone, "adapter": self.adapter,
                 "video_decoder": self.video_decoder, "vae": self.vae}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the query tokens stand for all of them: `to` moves every component at once)."""
+        return self.backbone.query_tokens.device
+
+    def to(self, device: torch.device | str) -> "GLPModel":
+        """Move every component's weights to `device` (in place, like `nn.Module.to`), each tensor once (the vision
+        tower and the backbone hold all of the Qwen2.5-VL model's); returns self."""
+        for module in self.components().values():
+            module.to(device)
+        return self
+
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def random(cls, config: ModelConfig, seed: int = 0) -> "GLPModel":

@@ -36,26 +36,36 @@ class VideoVAE(nn.Module):
         return (self.vae.latents_mean.view(shape).to(like.device, like.dtype),
                 self.vae.latents_std.view(shape).to(like.device, like.dtype))
 
-    def check_request(self, latent_shape: tuple[int, ...]) -> None:
-        """Raise if this VAE cannot decode latents of `latent_shape` [B, C, f, h, w]; the eager one decodes any."""
+    @property
+    def timestep_conditioned(self) -> bool:
+        """LTX-Video >= 0.9.1 decodes from a slightly re-noised latent (its decode needs noise)."""
+        return bool(self.vae.config.timestep_conditioning)
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """`image` [B, 3, H, W] in [-1, 1] -> normalised latents [B, C, 1, h, w] (fp32), sampled with `generator`."""
+        """`image` [B, 3, H, W] in [-1, 1] -> normalised latents [B, C, 1, h, w] (fp32), sampled with `generator`
+        (diffusers draws the posterior sample on the generator's device and moves it: a CPU generator gives the
+        same latents on every device)."""
         posterior = self.vae.encode(image.to(self.dtype).unsqueeze(2)).latent_dist
         latents = posterior.sample(generator).float()
         mean, std = self._stats(latents)
         return (latents - mean) / std
 
-    def decode(self, latents: torch.Tensor, generator: torch.Generator, decode_timestep: float = 0.0,
+    def decode_noise(self, latent_shape: tuple[int, ...], generator: torch.Generator,
+                     device: torch.device | str) -> torch.Tensor | None:
+        """The noise a timestep-conditioned decode adds, drawn on (CPU) `generator` then moved; None otherwise."""
+        if not self.timestep_conditioned:
+            return None
+        return torch.randn(latent_shape, generator=generator, dtype=self.dtype).to(device)
+
+    def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None, decode_timestep: float = 0.0,
                decode_noise_scale: float | None = None) -> torch.Tensor:
-        """Normalised latents [B, C, f, h, w] -> video [B, 3, F, H, W] in [-1, 1] (fp32)."""
+        """Normalised latents [B, C, f, h, w] -> video [B, 3, F, H, W] in [-1, 1] (fp32). A timestep-conditioned
+        VAE needs `noise` (`decode_noise`)."""
         mean, std = self._stats(latents)
         latents = (latents * std / self.vae.config.scaling_factor + mean).to(self.dtype)
         timestep = None
-        if self.vae.config.timestep_conditioning:
-            # LTX-Video >= 0.9.1 decodes from a slightly re-noised latent
-            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        if self.timestep_conditioned:
             scale = decode_timestep if decode_noise_scale is None else decode_noise_scale
-            latents = (1 - scale) * latents + scale * noise
-            timestep = torch.tensor([decode_timestep] * latents.shape[0], dtype=latents.dtype)
+            latents = (1 - scale) * latents + scale * noise.to(latents.dtype)
+            timestep = torch.full((latents.shape[0],), decode_timestep, dtype=latents.dtype, device=latents.device)
         return self.vae.decode(latents, timestep, return_dict=False)[0].float()
