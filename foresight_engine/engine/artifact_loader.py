@@ -1,8 +1,9 @@
-"""Load a built artifact (`foresight-engine build`) into a `GLPModel` whose components have the eager
-components' signatures, so `Engine` runs it unchanged.
+"""Load a built artifact (`foresight-engine build`): the eager weights as a `GLPModel` on the device, plus the
+built stages, each loaded by its backend's runner (`runners/`).
 
-Order matters: `artifact.verify` checks the manifest's versions, device and every file's size and sha256
-before anything is deserialized (safetensors, ONNX, processor files).
+Order matters: `artifact.verify` checks the manifest's versions, device and every file's size and sha256 before
+anything is deserialized (safetensors, ONNX, plans, processor files); weights move to the device once, after the
+precision policy is applied.
 """
 from __future__ import annotations
 
@@ -12,62 +13,26 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor
 
-from ..artifact import Manifest, verify
+from ..artifact import PROCESSOR_DIR, Manifest, verify, weights_file
+from ..backends import Backend
 from ..config import ModelConfig
-from ..errors import ArtifactError
-from ..models.export_spec import BuildShape, export_specs
+from ..device import resolve_device
+from ..models.export_spec import BuildShape
 from ..models.glp import GLPModel
 from ..models.weights import load_strict, read_safetensors
 from ..precision import PrecisionPolicy, apply_policy
-from .stage_shims import (OnnxStage, StagedAdapter, StagedBackbone, StagedVAE, StagedVideoDecoder)
+from . import runners
+from .runners import BuiltStages, RunnerContext
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "weights.safetensors"
-PROCESSOR_DIR = "processor"
 
-
-def _stage_functions(model: GLPModel, manifest: Manifest, directory: Path, shape: BuildShape, device: torch.device):
-    """{stage: tensor function} for every stage the artifact built (eager stages are absent)."""
-    specs = export_specs(model.config)
-    functions = {}
-    for component in manifest.components.values():
-        for stage, info in component["stages"].items():
-            backend = info["backend"]
-            if backend == "eager":
-                continue
-            if backend == "compile":
-                # CPU artifacts hold the compile options, not compiled code: compile here (lazily, at the first call)
-                options = {k: manifest.factors.options[k] for k in ("fullgraph", "dynamic", "mode")}
-                functions[stage] = torch.compile(specs[stage].wrap(model, shape).eval(), **options)
-            elif backend in ("onnx", "tensorrt"):
-                # a tensorrt stage runs its ONNX graph on ONNX Runtime's TensorRT provider (CUDA/CPU where absent)
-                functions[stage] = OnnxStage(directory / info["file"], device.type, quantized="fp8_scales" in info)
-            else:
-                raise ArtifactError(f"rebuild needed: stage {stage} was built for backend {backend!r}, which this "
-                                    "engine cannot run here (build with --backend onnx, compile or eager)")
-    return functions
-
-
-def _install(model: GLPModel, functions: dict, shape: BuildShape) -> None:
-    config = model.config
-    if "adapter" in functions:
-        model.adapter = StagedAdapter(model.adapter, functions["adapter"])
-    if "denoise" in functions:
-        model.video_decoder = StagedVideoDecoder(model.video_decoder, functions["denoise"],
-                                                 shape.latent_grid(config), shape.rope_scale(config), shape.batch)
-    if "vae_decode" in functions:
-        grid = shape.latent_grid(config)
-        model.vae = StagedVAE(model.vae, functions["vae_decode"],
-                              (1, grid.channels, grid.frames, grid.height, grid.width))
-    if "prefill" in functions or "decode" in functions:
-        model.backbone = StagedBackbone(model.backbone, functions.get("prefill"), functions.get("decode"))
-
-
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GLPModel, Manifest]:
-    """Verify, then load the artifact at `directory`. Raises `ArtifactError("rebuild needed: ...")`."""
+def load_artifact(directory: str | Path, device: str | torch.device | None = None
+                  ) -> tuple[GLPModel, BuiltStages | None, Manifest]:
+    """Verify, then load the artifact at `directory` for `device` (default: the CPU). Raises
+    `ArtifactError("rebuild needed: ...")`; `built` is None when every stage runs eager."""
     directory = Path(directory)
-    device = torch.device(device)
+    device = resolve_device(device)
     manifest = verify(directory, device)
     config = ModelConfig.from_dict(manifest.factors.config)
     policy = PrecisionPolicy.from_dict(manifest.factors.precision)
@@ -76,10 +41,16 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         model = GLPModel.build(config, processor)
     apply_policy(model.components(), policy)
     for name, module in model.components().items():
-        tensors, _ = read_safetensors(directory / name / WEIGHTS_FILE)
+        tensors, _ = read_safetensors(directory / weights_file(name))
         load_strict(module, tensors, f"artifact component {name}")
+    model.to(device)
     shape = BuildShape(**manifest.factors.shapes["build"])
-    _install(model, _stage_functions(model, manifest, directory, shape, device), shape)
-    log.info("loaded artifact %s (%s, %s) from %s", manifest.key[:12], manifest.factors.backend, policy.name,
-             directory)
-    return model, manifest
+    context = RunnerContext(directory, device, model, shape, policy, manifest.factors.options)
+    entries = {name: entry for name, entry in manifest.stages.items() if entry.built}
+    built = None
+    if entries:
+        built = BuiltStages({name: runners.load(name, entry, context) for name, entry in entries.items()}, shape,
+                            {name: Backend(entry.backend) for name, entry in entries.items()})
+    log.info("loaded artifact %s (%s, %s) from %s onto %s", manifest.key[:12], manifest.factors.backend, policy.name,
+             directory, device)
+    return model, built, manifest

@@ -1,13 +1,18 @@
 """`Engine`: one reasoning step, images + conversation in, text answer + predicted video out.
 
-Every stage is a separate method with static shapes (`vision`, `prefill`, `adapt`, `denoise`, `decode_video`,
-`decode_text`), so builders can swap in compiled/exported components one by one. The runtime around them:
+The engine has one device (`Engine(model, device="cuda")`): weights move there once, request tensors are made
+there, and the host sees only the boundaries (one token id per decoded token, the frames once). Every stage is a
+function the engine calls (tensors in, tensors out): the eager stage wrappers (`models/stages.py`) or, for an
+artifact (`Engine.load`), the functions its backend's runners load (`engine/runners/`). Around them:
 - after the prefill, the video branch (adapter -> denoise -> VAE) runs in a worker thread while the text branch
-  decodes in the caller's thread (`overlap=True`); each sets its own CPU thread count (`ThreadSplit`);
+  decodes in the caller's thread (`overlap=True`), each on its own CUDA stream on a GPU (`streams.py`) and with
+  its own CPU thread count (`ThreadSplit`);
 - stage locks make a small pipeline across requests: the next request's vision + prefill runs while the previous
   request's video is denoised; `max_queue_size` bounds the requests in flight (`QueueFull` beyond);
-- the denoising loop is the static plan (`models/static_denoiser.py`), the text decode uses a static KV cache
-  (`models/static_kv.py`); `static=False` runs the eager reference loops instead;
+- the denoising loop is `models/denoising.py`'s, with the velocity from the static plan (`static=True`), the
+  plain transformer forward (`static=False`, the eager reference) or a built stage; on CUDA it can be replayed as
+  one CUDA graph (`cuda_graphs=True`, `graphs.py`); the text decode runs on one preallocated KV cache
+  (`models/kv_cache.py`) per request in flight;
 - `cancel(id)` and `timeout_s` are checked at every denoising step and text token; `stream()` yields typed events.
 Results equal the eager reference: same tokens, frames within fp32 tolerance.
 """
@@ -21,31 +26,35 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
 from diffusers.video_processor import VideoProcessor
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from ..config import ModelConfig
-from ..errors import ConfigError
-from ..models.backbone import Backbone, PrefillOutput
+from ..device import resolve_device
+from ..errors import ArtifactError, ConfigError, GraphCaptureError, PromptError
+from ..models import denoising
 from ..models.glp import GLPModel
-from ..models.static_denoiser import GraphedDenoiseLoop, StaticDenoiser
-from ..models.static_kv import StaticDecoder
-from ..models.video_decoder import LatentGrid, VideoDecoder
+from ..models.kv_cache import KVCache, decode_step, default_length
+from ..models.stages import AdapterStage, DecodeStage, PrefillStage, VAEDecodeStage, VisionStage
+from ..models.video_geometry import VideoGeometry
 from ..verify import verify
 from ..verify.clips import load_clip
 from .events import DenoiseStep, Done, Event, FramesReady, TextToken
+from .graphs import GraphedDenoiser
+from .kv_pool import KVCachePool
 from .prediction import Prediction, Timings
 from .request import (ImageInput, Settings, build_messages, check_prompt_length, load_images, resolve_settings)
 from .request_state import BranchAborted, RequestRegistry, RequestState
+from .runners import BuiltStages
+from .streams import BranchStreams
 from .threads import ThreadSplit, use_threads
 
 if TYPE_CHECKING:
@@ -53,12 +62,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUNTIME_OPTIONS = ("progress", "max_queue_size", "overlap", "static", "step_cache", "threads", "cuda_graphs")
+RUNTIME_OPTIONS = ("device", "progress", "max_queue_size", "overlap", "static", "step_cache", "threads",
+                   "cuda_graphs", "max_seq_len")
 
 
 @dataclass
 class PreparedRequest:
-    """A validated request, tokenised and pre-processed; no model has run yet."""
+    """A validated request, tokenised and pre-processed; no model has run yet. Host-side metadata only."""
 
     settings: Settings
     images: list[Image.Image]
@@ -66,62 +76,124 @@ class PreparedRequest:
     pixel_values: torch.Tensor  # [N_patches, C*T*P*P]
     image_grid_thw: torch.Tensor  # [n_images, 3]
     mm_token_type_ids: torch.Tensor  # [1, S]
+    geometry: VideoGeometry  # the video's latent grid and RoPE scale, computed once
     actual: np.ndarray | None = None  # uint8 [F, H, W, 3]: what really happened, to verify the prediction against
 
 
 @dataclass
 class ReusedPrefix:
-    """A KV cache holding the first `length` tokens of a request (a session's earlier steps)."""
+    """A KV cache whose first `length` slots hold the start of a request (a session's earlier steps)."""
 
-    cache: DynamicCache
+    cache: KVCache
     length: int
     first_image: int  # images before this one are already in the cache
 
 
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [B, V] at the last prompt position
+    world_latent: torch.Tensor  # [B, Q, D]
+    next_position: torch.Tensor  # [B] the (text) rope position of the first answer token
+    cache: KVCache  # holds the prompt's keys/values (not the query tokens'); the decode appends to it
+
+
 class Engine:
-    def __init__(self, model: GLPModel, *, progress: bool = False, max_queue_size: int = 8, overlap: bool = True,
-                 static: bool = True, step_cache: float | None = None, threads: ThreadSplit | None = None,
-                 cuda_graphs: bool = False):
-        """`overlap`: text and video branches at the same time. `static`: static denoising loop and static KV
-        decode (False: the eager reference loops). `step_cache`: first-block-cache threshold (None: off).
-        `cuda_graphs`: replay the static loop as a CUDA graph (needs CUDA)."""
+    def __init__(self, model: GLPModel, *, device: str | torch.device | None = None, built: BuiltStages | None = None,
+                 progress: bool = False, max_queue_size: int = 8, overlap: bool = True, static: bool = True,
+                 step_cache: float | None = None, threads: ThreadSplit | None = None, cuda_graphs: bool = False,
+                 max_seq_len: int | None = None):
+        """`device`: where weights and requests live (`cpu`, `cuda`, `cuda:N`; None: where the model's weights are,
+        the CPU for a fresh model); the model is moved there, in place. `built`: stages loaded from an artifact
+        (`Engine.load`). `overlap`: text and video branches at the same time. `static`: the static denoising plan
+        (False: the plain transformer forward each step, the eager reference). `step_cache`: first-block-cache
+        threshold (None: off). `cuda_graphs`: replay the denoising loop as a CUDA graph (needs device='cuda').
+        `max_seq_len`: KV cache slots per request (default: the prompt limit + the longest answer)."""
         if step_cache is not None and not (isinstance(step_cache, (int, float)) and step_cache > 0):
             raise ConfigError(f"step_cache={step_cache!r} must be a threshold > 0 (or None to disable)")
+        if step_cache is not None and (not static or (built is not None and "denoise" in built.functions)):
+            raise ConfigError("step_cache skips the static plan's transformer blocks: it needs static=True and the "
+                              "eager denoising step (not a built one)")
         if cuda_graphs and step_cache is not None:
             raise ConfigError("step_cache reads a value back every step, which a CUDA graph cannot; use one")
-        self.model = model
+        self.device = resolve_device(model.device if device is None else device)  # fails at once, naming CUDA
+        if cuda_graphs and self.device.type != "cuda":
+            raise GraphCaptureError(f"cuda_graphs=True captures CUDA graphs, which need device='cuda' (this engine's "
+                                    f"device is {self.device})")
+        self.model = model.to(self.device)  # weights move once, after the precision policy
         self.config: ModelConfig = model.config
+        self.built = built
         self.progress = progress
         self.overlap = overlap
         self.static = static
         self.step_cache = step_cache
         self.threads = threads or ThreadSplit()
+        self.stages = self._stage_functions(built)
+        self.velocity = self._velocity_model(built, static, step_cache)
+        if cuda_graphs and not self.velocity.graphable:
+            raise ConfigError("cuda_graphs=True needs a graph-safe denoising step; this artifact's denoise stage runs "
+                              f"on {built.backends['denoise'].value}, which a CUDA graph cannot capture")
+        self.max_seq_len = self._cache_length(max_seq_len)
         self._frame_processor = VideoProcessor(vae_scale_factor=self.config.vae.spatial_compression)
         self._registry = RequestRegistry(max_queue_size)
+        self._caches = KVCachePool(self.new_cache, max_queue_size)
         self._front_lock = threading.Lock()  # vision + prefill: one request at a time
         self._video_lock = threading.Lock()  # adapter -> denoise -> VAE: one request at a time
         self._video_pool = ThreadPoolExecutor(max_workers=max_queue_size, thread_name_prefix="fe-video")
-        if cuda_graphs and type(model.video_decoder) is not VideoDecoder:
-            raise ConfigError("cuda_graphs=True captures the eager denoising loop; this engine's video decoder is "
-                              f"{type(model.video_decoder).__name__} (a built artifact): use the artifact's backend")
-        self._graphed = GraphedDenoiseLoop(StaticDenoiser(model.video_decoder)) if cuda_graphs else None
+        self.streams = BranchStreams(self.device)
+        self._graphs = GraphedDenoiser() if cuda_graphs else None
+
+    def _stage_functions(self, built: BuiltStages | None) -> dict[str, Callable]:
+        """{stage: function}: the built ones, else the eager stage wrappers over this engine's weights."""
+        m = self.model
+        functions = {"vision": VisionStage(m.vision_tower), "prefill": PrefillStage(m.backbone),
+                     "decode": DecodeStage(m.backbone), "adapter": AdapterStage(m.adapter),
+                     "vae_decode": VAEDecodeStage(m.vae, self.config.generation.decode_timestep)}
+        return functions | {k: v for k, v in (built.functions if built else {}).items() if k != "denoise"}
+
+    def _velocity_model(self, built: BuiltStages | None, static: bool, step_cache: float | None):
+        decoder = self.model.video_decoder
+        if built is not None and "denoise" in built.functions:
+            return decoder.stage_velocity(built.functions["denoise"], built.graphable("denoise"))
+        return decoder.velocity_model(static, step_cache)
+
+    def _cache_length(self, max_seq_len: int | None) -> int:
+        if self.built is not None and "decode" in self.built.functions:
+            length = self.built.shape.cache_length(self.config)
+            if max_seq_len not in (None, length):
+                raise ArtifactError(f"rebuild needed: this artifact's decode stage is built for a KV cache of "
+                                    f"{length} slots, not max_seq_len={max_seq_len}")
+            return length
+        if max_seq_len is None:
+            return default_length(self.config)
+        if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
+            raise ConfigError(f"max_seq_len={max_seq_len!r} must be an integer >= 2")
+        return max_seq_len
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache of this engine's length, in the backbone's dtype, on its device."""
+        return KVCache.allocate(self.config, self.max_seq_len, self.model.backbone.dtype, self.device)
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0, **kwargs) -> "Engine":
-        """Seeded random weights of preset `name` (`tiny`, `small`); `full` needs real weights."""
+        """Seeded random weights of preset `name` (`tiny`, `small`); `full` needs real weights. A CUDA `device`
+        that is not there fails before any weights are made."""
+        resolve_device(kwargs.get("device"))
         return cls(GLPModel.from_preset(name, seed), **kwargs)
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu", **kwargs) -> "Engine":
-        """An engine over a built artifact (`foresight-engine build`); its manifest, versions and file hashes are
-        verified before anything is deserialized (`ArtifactError("rebuild needed: ...")` otherwise)."""
-        from .artifact_loader import load_model
-        return cls(load_model(directory, device)[0], **kwargs)
+    def load(cls, directory: str | Path, *, device: str | torch.device | None = None, **kwargs) -> "Engine":
+        """An engine over a built artifact (`foresight-engine build`) on `device` (default: the CPU); its manifest,
+        versions, device and file hashes are verified before anything is deserialized
+        (`ArtifactError("rebuild needed: ...")` otherwise)."""
+        from .artifact_loader import load_artifact
+        model, built, _ = load_artifact(directory, device)
+        return cls(model, device=model.device, built=built, **kwargs)
 
     @classmethod
     def from_pretrained(cls, vlm: str | Path, decoder: str | Path, glue: str | Path, *, lora: str | Path | None = None,
                         **kwargs) -> "Engine":
         runtime = {k: kwargs.pop(k) for k in RUNTIME_OPTIONS if k in kwargs}
+        resolve_device(runtime.get("device"))
         return cls(GLPModel.from_pretrained(vlm, decoder, glue, lora=lora, **kwargs), **runtime)
 
     # ----------------------------------------------------------------------------------------------- API
@@ -214,25 +286,31 @@ class Engine:
     # ------------------------------------------------------------------------------------------ runtime
     def _run(self, state: RequestState, request: PreparedRequest,
              past: ReusedPrefix | None = None) -> tuple[Prediction, PrefillOutput]:
+        cache = None if past is not None else self._caches.acquire()  # a session brings its own
         try:
-            return self._execute(state, request, past)
+            return self._execute(state, request, past, cache)
         finally:
+            if cache is not None:
+                self._caches.release(cache)
             self._registry.release(state)
 
-    def _execute(self, state: RequestState, request: PreparedRequest,
-                 past: ReusedPrefix | None) -> tuple[Prediction, PrefillOutput]:
+    def _execute(self, state: RequestState, request: PreparedRequest, past: ReusedPrefix | None,
+                 cache: KVCache | None) -> tuple[Prediction, PrefillOutput]:
         timings = Timings()
-        with torch.inference_mode(), state.holding(self._front_lock), use_threads(self.threads.front):
+        with (torch.inference_mode(), state.holding(self._front_lock), use_threads(self.threads.front),
+              self.streams.front()):
             state.check()
             with _timed(timings, "vision", state.started):
                 image_embeds = self.vision(request, past.first_image if past else 0)
             state.check()
             with _timed(timings, "prefill", state.started):
-                prefill = self.prefill(request, image_embeds, past)
+                prefill = self.prefill(request, image_embeds, past, cache)
+            handoff = self.streams.handoff()
         if self.overlap:
-            video = self._video_pool.submit(self._video_branch, state, request, prefill.world_latent, timings)
+            video = self._video_pool.submit(self._video_branch, state, request, prefill.world_latent, timings,
+                                            handoff)
             try:
-                token_ids = self._text_branch(state, request, prefill, timings)
+                token_ids = self._text_branch(state, request, prefill, timings, handoff)
             except BranchAborted:
                 video.result()  # raises the video branch's error
                 raise
@@ -242,8 +320,8 @@ class Engine:
                 raise
             frames, video_latent = video.result()
         else:
-            frames, video_latent = self._video_branch(state, request, prefill.world_latent, timings)
-            token_ids = self._text_branch(state, request, prefill, timings)
+            frames, video_latent = self._video_branch(state, request, prefill.world_latent, timings, handoff)
+            token_ids = self._text_branch(state, request, prefill, timings, handoff)
         verification = None
         if request.actual is not None:
             with _timed(timings, "verify", state.started):
@@ -256,32 +334,34 @@ class Engine:
         return prediction, prefill
 
     def _video_branch(self, state: RequestState, request: PreparedRequest, world_latent: torch.Tensor,
-                      timings: Timings) -> tuple[np.ndarray, torch.Tensor]:
+                      timings: Timings, handoff=None) -> tuple[np.ndarray, torch.Tensor]:
         try:
             threads = self.threads.video if self.overlap else self.threads.front
-            with torch.inference_mode(), state.holding(self._video_lock), use_threads(threads):
+            with (torch.inference_mode(), state.holding(self._video_lock), use_threads(threads),
+                  self.streams.branch("video", handoff, world_latent)):
                 state.check()
                 with _timed(timings, "adapter", state.started):
                     conditioning, conditioning_mask = self.adapt(world_latent)
-                generator = torch.Generator("cpu").manual_seed(request.settings.seed)
+                generator = torch.Generator("cpu").manual_seed(request.settings.seed)  # CPU: same noise everywhere
 
                 def on_step(step: int, total: int) -> None:
                     state.emit(DenoiseStep(state.request_id, step, total))
                     state.check()
 
                 with _timed(timings, "denoise", state.started):
-                    latents, grid = self.denoise(request, conditioning, conditioning_mask, generator, on_step)
+                    latents = self.denoise(request, conditioning, conditioning_mask, generator, on_step,
+                                           exclusive=lambda: state.holding(self._front_lock))
                 state.check()  # a cancelled request skips its VAE decode
                 with _timed(timings, "vae", state.started):
-                    frames = self.decode_video(latents, grid, generator)
+                    frames = self.decode_video(latents, request.geometry, generator)
             state.emit(FramesReady(state.request_id, frames))
-            return frames, grid.unpack(latents)[0]
+            return frames, request.geometry.grid.unpack(latents)[0]
         except BaseException:
             state.abort()
             raise
 
     def _text_branch(self, state: RequestState, request: PreparedRequest, prefill: PrefillOutput,
-                     timings: Timings) -> list[int]:
+                     timings: Timings, handoff=None) -> list[int]:
         tokenizer = self.model.tokenizer
         eos, limit = self.model.token_ids.eos, request.settings.max_new_tokens
         shown = ""
@@ -298,137 +378,121 @@ class Engine:
                 shown = text
 
         threads = self.threads.text if self.overlap else self.threads.front
-        with torch.inference_mode(), use_threads(threads), _timed(timings, "text", state.started):
+        with (torch.inference_mode(), use_threads(threads), _timed(timings, "text", state.started),
+              self.streams.branch("text", handoff, prefill.logits, prefill.next_position)):
             return self.decode_text(prefill, request.settings.max_new_tokens, on_token)
 
     # ------------------------------------------------------------------------------------------- stages
     def prepare(self, images, prompt=None, *, messages=None, actual=None, **settings) -> PreparedRequest:
         """Validate everything and run the (cheap) processor; raises before any model runs."""
         s = resolve_settings(self.config, **settings)
-        grid = self.latent_grid(s)  # built (fixed-shape) components refuse other shapes here, before any model runs
-        self.model.video_decoder.check_request(grid, self.rope_scale(s), 2 if s.guidance_scale > 1 else 1)
-        self.model.vae.check_request((1, grid.channels, grid.frames, grid.height, grid.width))
+        geometry = VideoGeometry.of(self.config, s.height, s.width, s.num_frames, s.frame_rate)
+        if self.built is not None:  # built (fixed-shape) stages refuse other shapes here, before any model runs
+            self.built.check(self.config, geometry, 2 if s.guidance_scale > 1 else 1)
         actual_frames = None if actual is None else load_clip(actual, "actual")
         pil = load_images(images, self.config.processor.max_images)
         chat = build_messages(prompt, messages, len(pil))
         processor = self.model.processor
         text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         enc = processor(text=[text], images=pil, return_tensors="pt")
-        check_prompt_length(enc["input_ids"].shape[1], self.config.processor.max_prompt_tokens,
+        prompt_tokens = enc["input_ids"].shape[1]
+        check_prompt_length(prompt_tokens, self.config.processor.max_prompt_tokens,
                             self.config.adapter.num_query_tokens, s.max_new_tokens,
                             self.config.text.max_position_embeddings)
+        if prompt_tokens + max(s.max_new_tokens - 1, 0) > self.max_seq_len:  # the answer's last token is not fed
+            raise PromptError(f"prompt of {prompt_tokens} tokens + max_new_tokens={s.max_new_tokens} does not fit "
+                              f"this engine's KV cache of {self.max_seq_len} slots (Engine(max_seq_len=...))")
         return PreparedRequest(settings=s, images=pil, input_ids=enc["input_ids"], pixel_values=enc["pixel_values"],
                                image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=enc["mm_token_type_ids"],
-                               actual=actual_frames)
+                               geometry=geometry, actual=actual_frames)
 
     def vision(self, request: PreparedRequest, first_image: int = 0) -> torch.Tensor | None:
         """Visual tokens of images[first_image:]: [N_visual, D_vlm] (None when there are none)."""
         grids = request.image_grid_thw[first_image:]
         if grids.shape[0] == 0:
             return None
-        start = int(request.image_grid_thw[:first_image].prod(-1).sum())  # patches of the skipped images
-        return self.model.vision_tower(request.pixel_values[start:], grids)
+        start = int(request.image_grid_thw[:first_image].prod(-1).sum())  # patches of the skipped images (host)
+        return self.stages["vision"](request.pixel_values[start:].to(self.device), grids.to(self.device))
 
-    def prefill(self, request: PreparedRequest, image_embeds: torch.Tensor | None,
-                past: ReusedPrefix | None = None) -> PrefillOutput:
-        """Prefill the prompt; with `past`, only the tokens after `past.length` run, on top of its cache."""
+    def prefill(self, request: PreparedRequest, image_embeds: torch.Tensor | None, past: ReusedPrefix | None = None,
+                cache: KVCache | None = None) -> PrefillOutput:
+        """Prefill the prompt into `cache` (default: a new one); with `past`, only the tokens after `past.length`
+        run, on top of its cache."""
         position_ids, _ = self.model.qwen.model.get_rope_index(
             request.input_ids, mm_token_type_ids=request.mm_token_type_ids, image_grid_thw=request.image_grid_thw)
-        start = past.length if past else 0
-        embeds = self.model.backbone.embed(request.input_ids[:, start:], image_embeds)
-        return self.model.backbone.prefill(embeds, position_ids[:, :, start:], past.cache if past else None)
+        cache = past.cache if past is not None else cache if cache is not None else self.new_cache()
+        cache.crop(past.length if past is not None else 0)
+        start = cache.length
+        embeds = self.model.backbone.embed(request.input_ids[:, start:].to(self.device), image_embeds)
+        positions = position_ids[:, :, start:].to(self.device)  # [3, 1, S]
+        logits, world_latent, keys, values = self.stages["prefill"](embeds, positions, *cache.filled())
+        cache.append(keys, values)
+        return PrefillOutput(logits=logits, world_latent=world_latent,
+                             next_position=positions.amax(dim=(0, 2)) + 1, cache=cache)
 
     def adapt(self, world_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.adapter(world_latent)
+        return self.stages["adapter"](world_latent)
 
-    def latent_grid(self, s: Settings) -> LatentGrid:
-        vae, tr = self.config.vae, self.config.transformer
-        return LatentGrid(frames=(s.num_frames - 1) // vae.temporal_compression + 1,
-                          height=s.height // vae.spatial_compression, width=s.width // vae.spatial_compression,
-                          channels=vae.latent_channels, patch=tr.patch_size, patch_t=tr.patch_size_t)
-
-    def initial_latents(self, request: PreparedRequest, grid: LatentGrid,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Packed noisy latents [1, S, C] with the current image's latents on the first frame, and that frame's
-        token mask [1, S]. RNG order (VAE posterior sample, then noise) follows diffusers' image-to-video pipeline."""
+    def initial_latents(self, request: PreparedRequest, generator: torch.Generator) -> torch.Tensor:
+        """Packed noisy latents [1, S, C] with the current image's latents on the first frame; RNG order (the VAE's
+        posterior sample, then the noise) follows diffusers' image-to-video pipeline, on a CPU generator."""
         s = request.settings
         image = self._frame_processor.preprocess(request.images[-1], height=s.height, width=s.width)  # [1,3,H,W]
-        image_latents = self.model.vae.encode_image(image, generator)  # [1, C, 1, h, w]
-        shape = (1, grid.channels, grid.frames, grid.height, grid.width)
-        mask = torch.zeros((1, 1, grid.frames, grid.height, grid.width))
-        mask[:, :, 0] = 1.0
-        noise = torch.randn(shape, generator=generator)
-        latents = image_latents.repeat(1, 1, grid.frames, 1, 1) * mask + noise * (1 - mask)
-        return grid.pack(latents), grid.pack(mask).squeeze(-1)
-
-    def rope_scale(self, s: Settings) -> tuple[float, float, float]:
-        vae = self.config.vae
-        return (vae.temporal_compression / s.frame_rate, vae.spatial_compression, vae.spatial_compression)
+        image_latents = self.model.vae.encode_image(image.to(self.device), generator)  # [1, C, 1, h, w]
+        return request.geometry.initial_latents(image_latents, generator)
 
     def denoise(self, request: PreparedRequest, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
-                generator: torch.Generator, on_step: Callable[[int, int], None] | None = None
-                ) -> tuple[torch.Tensor, LatentGrid]:
-        """Packed latents [1, S, C] after every denoising step. The static loop runs when the decoder is the
-        eager `VideoDecoder`; any other (artifact-backed) decoder runs its own `denoise`."""
-        s = request.settings
-        grid = self.latent_grid(s)
-        latents, first_frame = self.initial_latents(request, grid, generator)
-        decoder = self.model.video_decoder
-        schedule = decoder.schedule(s.num_inference_steps, grid.num_tokens)
-        with tqdm(total=s.num_inference_steps, desc="denoise", disable=not self.progress, leave=False) as bar:
+                generator: torch.Generator, on_step: Callable[[int, int], None] | None = None,
+                exclusive: Callable[[], ContextManager] = nullcontext) -> torch.Tensor:
+        """Packed latents [1, S, C] after every denoising step (`models/denoising.py`), replayed as one CUDA
+        graph with `cuda_graphs=True` (captured inside `exclusive()` the first time a shape is seen)."""
+        s, geometry = request.settings, request.geometry
+        latents = self.initial_latents(request, generator)
+        schedule = self.model.video_decoder.schedule(s.num_inference_steps, geometry.grid.num_tokens, self.device)
+        state, loop = denoising.start(self.velocity, geometry, latents, geometry.pinned, conditioning,
+                                      conditioning_mask, schedule, s.guidance_scale)
+        with tqdm(total=loop.num_steps, desc="denoise", disable=not self.progress, leave=False) as bar:
             def step(i: int, n: int) -> None:
                 bar.update(1)
                 if on_step is not None:
                     on_step(i, n)
-            if self.static and type(decoder) is VideoDecoder:  # artifact-backed subclasses run their own step
-                denoiser = StaticDenoiser(decoder)
-                plan = denoiser.plan(latents, conditioning, conditioning_mask, schedule, grid, self.rope_scale(s),
-                                     s.guidance_scale)
-                if self._graphed is not None:  # no host sync inside the graph: progress is reported after it
-                    latents = self._graphed.run(plan)
-                    for i in range(plan.num_steps):
-                        step(i + 1, plan.num_steps)
-                else:
-                    latents = denoiser.run(plan, step, self.step_cache)
-            else:
-                latents = decoder.denoise(latents, first_frame, conditioning, conditioning_mask, schedule, grid,
-                                          self.rope_scale(s), s.guidance_scale, on_step=step)
-        return latents, grid
+            if self._graphs is None:
+                return denoising.denoise(self.velocity, state, loop, step)
+            latents = self._graphs.run(self.velocity, state, loop, exclusive)
+            for i in range(loop.num_steps):  # no host sync inside the graph: progress is reported after it
+                step(i + 1, loop.num_steps)
+            return latents
 
-    def decode_video(self, latents: torch.Tensor, grid: LatentGrid, generator: torch.Generator) -> np.ndarray:
-        """Packed latents -> uint8 frames [F, H, W, 3]."""
-        video = self.model.vae.decode(grid.unpack(latents), generator, self.config.generation.decode_timestep)
+    def decode_video(self, latents: torch.Tensor, geometry: VideoGeometry, generator: torch.Generator) -> np.ndarray:
+        """Packed latents -> uint8 frames [F, H, W, 3] (the one host copy of the video)."""
+        latents = geometry.grid.unpack(latents)
+        noise = self.model.vae.decode_noise(latents.shape, generator, self.device)
+        video = self.stages["vae_decode"](latents) if noise is None else self.stages["vae_decode"](latents, noise)
         video = (video[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0)  # [F, H, W, 3]
-        return (video * 255).round().to(torch.uint8).numpy()
+        return (video * 255).round().to(torch.uint8).cpu().numpy()
 
     def decode_text(self, prefill: PrefillOutput, max_new_tokens: int,
                     on_token: Callable[[int, int, list[int]], None] | None = None) -> list[int]:
-        """Greedy decoding from the prompt's KV cache; stops after the end-of-turn token. `on_token(index, id,
-        tokens so far)` runs after each token (it may raise to stop). The keys/values of the fed tokens are
-        appended to the prefill's cache (`prefill.static_cache` on the static path), for sessions."""
+        """Greedy decoding on `prefill.cache`; stops after the end-of-turn token. `on_token(index, id, tokens so
+        far)` runs after each token (it may raise to stop). The fed tokens' keys/values stay in the cache (sessions).
+        Everything stays on the device; reading each token id is the one host sync per token."""
         eos = self.model.token_ids.eos
-        backbone = self.model.backbone
-        static = self.static and type(backbone) is Backbone  # artifact-backed backbones decode with their stage
-        if static and max_new_tokens > 1:
-            decoder = StaticDecoder(backbone.language_model, backbone.lm_head)
-            prefill.static_cache = decoder.new_cache(prefill.cache.get_seq_length() + max_new_tokens)
-            prefill.static_cache.load(prefill.cache)
+        cache, decode = prefill.cache, self.stages["decode"]
+        token = prefill.logits.argmax(-1, keepdim=True)  # [1, 1]
+        position = prefill.next_position.clone()  # [1]
+        slot = torch.full((), cache.length, dtype=torch.long, device=self.device)  # made there: no host copy
         tokens: list[int] = []
-        logits, position = prefill.logits, prefill.next_position
         for _ in range(max_new_tokens):
-            token = int(logits[0].argmax())
-            tokens.append(token)
+            tokens.append(int(token))
             if on_token is not None:
-                on_token(len(tokens) - 1, token, tokens)
-            if token == eos or len(tokens) == max_new_tokens:
+                on_token(len(tokens) - 1, tokens[-1], tokens)
+            if tokens[-1] == eos or len(tokens) == max_new_tokens:
                 break
-            if static:
-                cache = prefill.static_cache
-                logits = decoder(torch.tensor([[token]]), position, torch.tensor(cache.length), cache)
-                cache.length += 1
-            else:
-                logits = backbone.decode_step(torch.tensor([[token]]), position, prefill.cache)
-            position = position + 1
+            logits = decode_step(decode, cache, token, position, slot)
+            cache.length += 1
+            slot += 1
+            position += 1
+            token = logits.argmax(-1, keepdim=True)
         return tokens
 
 

@@ -1,17 +1,17 @@
-"""`Session`: a multi-step conversation whose KV cache is reused from step to step.
+"""`Session`: a multi-step conversation whose KV cache is kept from step to step.
 
 Each step renders the whole conversation (earlier turns, the model's answers as assistant turns, the new user
-turn), finds the longest prefix already in the cache (the earlier prompts and the fed answer tokens), and
-prefills only the rest: new images go through the vision tower, old ones do not. The result equals a fresh
-`predict()` over the whole conversation (same tokens; the world latent within float tolerance).
+turn), finds the longest prefix already in the session's cache (the earlier prompts and the fed answer tokens),
+keeps those slots (`KVCache.crop`) and prefills only the rest: new images go through the vision tower, old ones do
+not. The result equals a fresh `predict()` over the whole conversation (same tokens; the world latent within float
+tolerance).
 """
 from __future__ import annotations
 
 import threading
 from typing import Sequence
 
-import torch
-
+from ..models.kv_cache import KVCache
 from .engine import Engine, PreparedRequest, ReusedPrefix
 from .prediction import Prediction
 from .request import ImageInput
@@ -22,8 +22,8 @@ class Session:
         self.engine = engine
         self.messages: list[dict] = []
         self.images: list[ImageInput] = []
-        self._cache = None  # StaticKVCache or DynamicCache of the last step
-        self._cached_ids: list[int] = []  # the tokens whose keys/values it holds
+        self._cache: KVCache | None = None  # this conversation's cache (allocated at the first step)
+        self._cached_ids: list[int] = []  # the tokens whose keys/values it holds, in order
         self._lock = threading.Lock()  # one step at a time
 
     def predict(self, images: ImageInput | Sequence[ImageInput], prompt: str, *, request_id: str | None = None,
@@ -34,23 +34,22 @@ class Session:
             messages = self.messages + [turn]
             engine = self.engine
             request = engine.prepare(self.images + new_images, messages=messages, **settings)
+            if self._cache is None:
+                self._cache = engine.new_cache()
             try:
-                past = self._reuse(request)
-                prediction, prefill = engine._run(engine._registry.admit(request_id, timeout_s), request, past)
+                prediction, _ = engine._run(engine._registry.admit(request_id, timeout_s), request,
+                                            self._reuse(request))
             except BaseException:
-                self._cache, self._cached_ids = None, []  # the reused cache may be cropped/extended: start over
+                self._cached_ids = []  # the cache may hold a half-written step: start over
                 raise
             fed = prediction.token_ids[:-1]  # the last token was never fed through the model
             self._cached_ids = request.input_ids[0].tolist() + fed
-            self._cache = prefill.static_cache if prefill.static_cache is not None else prefill.cache
             self.messages = messages + [{"role": "assistant", "content": prediction.text}]
             self.images = self.images + new_images
             return prediction
 
-    def _reuse(self, request: PreparedRequest) -> ReusedPrefix | None:
-        """The cached prefix of `request`, cut back to the start of an image it would split."""
-        if self._cache is None:
-            return None
+    def _reuse(self, request: PreparedRequest) -> ReusedPrefix:
+        """The cached prefix of `request`, cut back to the start of an image it would split (may be empty)."""
         ids = request.input_ids[0].tolist()
         n = 0
         limit = min(len(ids) - 1, len(self._cached_ids))  # at least one new token must run
@@ -67,11 +66,4 @@ class Session:
             else:
                 n = min(n, start)
                 break
-        if n == 0:
-            return None
-        cache = self._cache
-        if isinstance(cache, torch.Tensor) or hasattr(cache, "to_dynamic"):
-            cache = cache.to_dynamic(n, self.engine.model.backbone.language_model.config)
-        else:
-            cache.crop(n)
-        return ReusedPrefix(cache=cache, length=n, first_image=first_image)
+        return ReusedPrefix(cache=self._cache, length=n, first_image=first_image)

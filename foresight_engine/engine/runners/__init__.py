@@ -1,0 +1,73 @@
+"""Runners: how the engine runs a built stage. One file per backend (the registry's `BackendSpec.runner` names it),
+each with `load(stage, entry, context) -> stage function` (tensors in, tensors out, on the engine's device; one
+output as a tensor, several as a tuple, like the eager stage wrapper it replaces). The engine calls one function
+per stage; builders only write the files these load.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ...artifact import StageEntry
+from ...backends import Backend
+from ...config import ModelConfig
+from ...errors import ArtifactError
+from ...models.export_spec import BuildShape
+from ...models.glp import GLPModel
+from ...models.video_geometry import VideoGeometry
+from ...precision import PrecisionPolicy
+
+StageFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """What a runner may read: the artifact, the device, the loaded (eager) weights, the build shape and options."""
+
+    directory: Path
+    device: torch.device
+    model: GLPModel  # the artifact's weights, on `device` (compile wraps them; onnx/tensorrt ignore them)
+    shape: BuildShape
+    policy: PrecisionPolicy
+    options: Mapping[str, Any] = field(default_factory=dict)  # the backend's build options from the manifest
+
+
+def load(stage: str, entry: StageEntry, context: RunnerContext) -> StageFn:
+    """The stage function of a built `entry`, from its backend's runner module."""
+    spec = Backend.parse(entry.backend).spec
+    if spec.runner is None:
+        raise ArtifactError(f"rebuild needed: stage {stage} is marked built by backend {entry.backend!r}, "
+                            "which has no runner")
+    module = importlib.import_module(f"{__name__}.{spec.runner}")
+    return module.load(stage, entry, context)
+
+
+@dataclass(frozen=True)
+class BuiltStages:
+    """The stages a backend built into an artifact, loaded by their runners and fixed to the build `shape`."""
+
+    functions: Mapping[str, StageFn]
+    shape: BuildShape
+    backends: Mapping[str, Backend]  # stage -> the backend that built it
+
+    def graphable(self, stage: str) -> bool:
+        """Whether a CUDA graph may capture calls of built `stage`."""
+        return self.backends[stage].spec.graphable
+
+    def check(self, config: ModelConfig, geometry: VideoGeometry, batch: int) -> None:
+        """Refuse (`ArtifactError`, before any model runs) a request whose shapes a built stage was not built for."""
+        built = self.shape.geometry(config)
+        if "denoise" in self.functions and (geometry, batch) != (built, self.shape.batch):
+            raise ArtifactError(f"rebuild needed: this artifact's denoising step is built for (geometry, batch) "
+                                f"{(built, self.shape.batch)}; the request needs {(geometry, batch)} (build with the "
+                                "request's --frames/--height/--width, and guidance on or off as requested)")
+        if "vae_decode" in self.functions and geometry.latent_shape != built.latent_shape:
+            raise ArtifactError(f"rebuild needed: this artifact's VAE decode is built for latents "
+                                f"{built.latent_shape}, the request needs {geometry.latent_shape}")
+
+
+__all__ = ["BuiltStages", "RunnerContext", "StageFn", "load"]
