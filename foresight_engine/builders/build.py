@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 
-from ..artifact import Manifest, build_atomically, cached, write_manifest
-from ..errors import ConfigError
+from ..artifact import ComponentEntry, Manifest, build_atomically, cached, write_manifest
+from ..backends import Backend
+from ..device import resolve_device
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
-from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
+from ..precision import Precision, PrecisionPolicy, apply_policy
 from . import fp8
 from .accuracy import AccuracyReport, AccuracyThresholds
-from .backends import check_backend_available, check_precision_supported, write_stages, write_weights
 from .calibration import CalibrationSample, calibration_batches
+from .exporters import write_stages, write_weights
 from .gate import enforce, measure
 from .plan import BuildPlan, resolve_plan
 from .source import ModelSource, weights_hash
@@ -41,23 +42,28 @@ class BuildResult:
     seconds: float
 
 
-def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str, device: str) -> PrecisionPolicy:
+def check_backend_available(backend: str | Backend, device: str) -> None:
+    """Fail at once, before any work, when `backend` cannot run on `device` here; the message names what is
+    missing (the device, packages)."""
+    spec = Backend.parse(backend).spec
+    spec.require(device)  # tensorrt names a missing CUDA device itself, with the other missing pieces
+    resolve_device(device)
+
+
+def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str | Backend,
+                   device: str) -> PrecisionPolicy:
+    """The policy to build: the requested precision's default policy, with fp8's sensitive layers kept in what
+    the backend runs on `device` (fp32 on ONNX Runtime's CPU provider); refused when the backend cannot run it."""
+    spec = Backend.parse(backend).spec
     if isinstance(precision, PrecisionPolicy):
         policy = precision
     else:
-        policy = PrecisionPolicy.for_precision(precision)
-        if Precision.parse(precision) == Precision.FP8 and backend == "onnx" and device == "cpu":
-            # ONNX Runtime's CPU provider has no bf16 kernels: the layers fp8 keeps high stay fp32 there
-            policy = PrecisionPolicy.for_precision(Precision.FP8, high=Precision.FP32)
-    uses_fp8 = any(policy.of(c) == Precision.FP8 for c in COMPONENTS)
-    if uses_fp8 and backend not in ("onnx", "tensorrt"):
-        raise ConfigError(f"precision fp8 needs --backend onnx or tensorrt (Q/DQ graphs); backend {backend!r} would "
-                          "only simulate it on the CPU, slower than fp32")
-    check_precision_supported(backend, policy, device)
+        policy = PrecisionPolicy.for_precision(precision, high=spec.high_precision(device))
+    spec.check_policy(policy, device)
     return policy
 
 
-def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str = "eager",
+def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str | Backend = "eager",
           precision: str | Precision | PrecisionPolicy = "fp32", shape: BuildShape | None = None,
           steps: int | None = None, calibration: list[CalibrationSample] | None = None, gate: bool = True,
           thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False,
@@ -67,6 +73,8 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str =
     check_backend_available(backend, device)
     policy = resolve_policy(precision, backend, device)
     reference = source if isinstance(source, GLPModel) else source.load()
+    if reference.device.type != "cpu":  # export, calibration and ONNX checks run on the CPU; `device` is the target
+        reference = copy.deepcopy(reference).to("cpu")
     shape = shape or BuildShape.for_config(reference.config)
     fp8_stages = [s for s in export_specs(reference.config).values()
                   if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
@@ -84,10 +92,12 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str =
         apply_policy(model.components(), policy)
         write_weights(model, tmp)
         scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
-        manifest = Manifest(plan.key, plan.factors, write_stages(model, plan, tmp, scales))
+        stages = write_stages(model, plan, tmp, scales)
+        components = {name: ComponentEntry(policy.of(name).value, stages[name]) for name in model.components()}
+        manifest = Manifest(plan.key, plan.factors, components)
         manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
         write_manifest(tmp, manifest)  # the loader verifies it; rewritten below with the accuracy report
-        accuracy = measure(reference, tmp, shape, policy, steps)
+        accuracy = measure(reference, tmp, shape, policy, steps, device)
         manifest.report["accuracy"] = accuracy.to_dict()
         report.append(accuracy)
         if gate:
@@ -101,7 +111,7 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str =
     if hit and gate:
         # an artifact built earlier with --no-gate (or laxer thresholds) must not pass a gated build silently
         enforce(accuracy, policy, reference.config, thresholds)
-    log.info("%s %s (%s, %s) in %.1fs", "cache hit" if hit else "built", out_dir, backend, policy.name,
+    log.info("%s %s (%s, %s) in %.1fs", "cache hit" if hit else "built", out_dir, plan.backend.value, policy.name,
              time.perf_counter() - start)
     return BuildResult(out_dir, plan.key, hit, plan, manifest, accuracy, time.perf_counter() - start)
 

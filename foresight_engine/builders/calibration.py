@@ -1,33 +1,31 @@
-"""FP8 calibration sets: each stage's inputs, from its seeded sample inputs (default) or captured while the fp32
-reference engine runs user images and prompts (`--calib IMAGE:PROMPT`)."""
+"""FP8 calibration sets: each stage's inputs, from its seeded sample inputs (default) or recorded at the stage
+boundary while the fp32 reference engine runs user images and prompts (`--calib IMAGE:PROMPT`).
+
+Recording wraps the very stage functions the engine calls (the engine runs the stage wrappers builders export),
+so every call is seen whatever path the runtime takes: the denoising step at every step of the trajectory (the
+engine runs the build geometry's one-step stage, not the static plan), every decode step (up to
+`DECODE_STEPS_PER_SAMPLE` per sample, keeping only the cache slots filled so far), the prefill, the adapter and the
+VAE decode.
+"""
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
+from ..backends import Backend
 from ..engine import Engine
+from ..engine.runners import BuiltStages
 from ..errors import CalibrationError
 from ..models.export_spec import BuildShape, ExportSpec
 from ..models.glp import GLPModel
-from ..models.stages import stack_cache
 
 DEFAULT_BATCHES = 4  # sample-input seeds 0..3
+DECODE_STEPS_PER_SAMPLE = 16  # each decode step's batch holds the cache so far: bound the set's size
 
 Batch = tuple[torch.Tensor, ...]
-
-# stage -> (component attribute, method, the stage's inputs from that method's arguments)
-_TAPS: dict[str, tuple[str, str, Callable[[tuple], Batch]]] = {
-    "vision": ("vision_tower", "forward", lambda a: a[:2]),
-    "prefill": ("backbone", "prefill", lambda a: a[:2]),
-    "decode": ("backbone", "decode_step", lambda a: (a[0], a[1], *stack_cache(a[2]))),
-    "adapter": ("adapter", "forward", lambda a: a[:1]),
-    "denoise": ("video_decoder", "forward", lambda a: a[:4]),
-    "vae_decode": ("vae", "decode", lambda a: a[:1]),
-}
 
 
 @dataclass(frozen=True)
@@ -44,22 +42,23 @@ class CalibrationSample:
         return cls(Path(image), prompt)
 
 
-@contextmanager
-def _tap(model: GLPModel, stage: str, into: list[Batch]) -> Iterator[None]:
-    """Record `stage`'s inputs each time the eager component method runs (instance-level patch, undone on exit)."""
-    attr, method, pick = _TAPS[stage]
-    component = getattr(model, attr)
-    original = getattr(component, method)
+def _snapshot(stage: str, inputs: Batch) -> Batch:
+    """A stage call's inputs, copied; a decode step keeps only the filled cache slots (the rest is masked)."""
+    if stage == "decode":
+        token_ids, position, keys, values, slot = inputs
+        n = int(slot)
+        inputs = (token_ids, position, keys[:, :, :, :n], values[:, :, :, :n], slot)
+    return tuple(x.detach().clone() for x in inputs)
 
-    def recorded(*args, **kwargs):
-        into.append(tuple(x.detach().clone() for x in pick(args)))
-        return original(*args, **kwargs)
 
-    setattr(component, method, recorded)
-    try:
-        yield
-    finally:
-        delattr(component, method)
+def _recording(stage: str, function: Callable, into: list[Batch], seen: dict[str, int]) -> Callable:
+    """`function`, recording its inputs into `into` (`seen` counts this sample's calls; reset per sample)."""
+    def recorded(*inputs: torch.Tensor):
+        seen[stage] = seen.get(stage, 0) + 1
+        if stage != "decode" or seen[stage] <= DECODE_STEPS_PER_SAMPLE:
+            into.append(_snapshot(stage, inputs))
+        return function(*inputs)
+    return recorded
 
 
 def calibration_batches(reference: GLPModel, stages: list[ExportSpec], shape: BuildShape,
@@ -68,15 +67,20 @@ def calibration_batches(reference: GLPModel, stages: list[ExportSpec], shape: Bu
     if not samples:
         return {s.name: [s.sample_inputs(shape, seed=k) for k in range(DEFAULT_BATCHES)] for s in stages}
     captured: dict[str, list[Batch]] = {s.name: [] for s in stages}
-    engine = Engine(reference)
-    with ExitStack() as stack:
-        for name, batches in captured.items():
-            stack.enter_context(_tap(reference, name, batches))
-        for sample in samples:
-            engine.predict(str(sample.image), sample.prompt, height=shape.height, width=shape.width,
-                           num_frames=shape.num_frames, frame_rate=shape.frame_rate,
-                           guidance_scale=2.0 if shape.guidance else 1.0)
+    seen: dict[str, int] = {}
+    functions = {s.name: _recording(s.name, s.wrap(reference, shape).eval(), captured[s.name], seen)
+                 for s in stages}
+    engine = Engine(reference, built=BuiltStages(functions, shape, {name: Backend.EAGER for name in functions}))
+    for sample in samples:
+        seen.clear()
+        engine.predict(str(sample.image), sample.prompt, height=shape.height, width=shape.width,
+                       num_frames=shape.num_frames, frame_rate=shape.frame_rate,
+                       guidance_scale=2.0 if shape.guidance else 1.0)
+    empty = sorted(name for name, batches in captured.items() if not batches)
+    if empty:
+        raise CalibrationError(f"calibration samples {[str(s.image) for s in samples]} reached no call of stage(s) "
+                               f"{empty} (e.g. an answer of one token never runs a decode step)")
     return captured
 
 
-__all__ = ["CalibrationSample", "calibration_batches"]
+__all__ = ["CalibrationSample", "DECODE_STEPS_PER_SAMPLE", "calibration_batches"]

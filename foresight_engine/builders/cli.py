@@ -6,17 +6,18 @@ import json
 from pathlib import Path
 from typing import Callable
 
-BACKENDS = ("eager", "compile", "onnx", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+from ..backends import Backend
+from ..precision import Precision
 
 
 def add_parsers(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("build", help="build an optimized artifact (eager | compile | onnx | tensorrt) for Engine.load",
+    backends = [b.value for b in Backend]
+    p = sub.add_parser("build", help=f"build an optimized artifact ({' | '.join(backends)}) for Engine.load",
                        description="Build every component into DIR (manifest.json + one folder per component). "
                                    "A second build with the same key is a cache hit and does nothing.")
     add_model_args(p)
-    p.add_argument("--backend", choices=BACKENDS, default="eager")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--backend", choices=backends, default="eager")
+    p.add_argument("--precision", choices=[p.value for p in Precision], default="fp32")
     p.add_argument("--out", type=Path, required=True, help="artifact directory")
     p.add_argument("--frames", type=int, help="frames the denoising step and VAE are built for")
     p.add_argument("--height", type=int)
@@ -53,8 +54,7 @@ def _thresholds(args, precision: str):
 
 def _build(args) -> int:
     from ..models.export_spec import BuildShape
-    from .backends import check_backend_available
-    from .build import build
+    from .build import build, check_backend_available
     from .calibration import CalibrationSample
     from .source import ModelSource
 

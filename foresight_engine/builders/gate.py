@@ -13,7 +13,8 @@ import torch
 
 from ..config import ModelConfig
 from ..engine import Engine
-from ..engine.artifact_loader import load_model
+from ..engine.artifact_loader import load_artifact
+from ..engine.runners import BuiltStages
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
 from ..precision import COMPONENTS, Precision, PrecisionPolicy
@@ -43,27 +44,31 @@ def lowest_precision(policy: PrecisionPolicy) -> Precision:
     return max((policy.of(c) for c in COMPONENTS), key=order.index)
 
 
-def measure(reference: GLPModel, artifact: Path | GLPModel, shape: BuildShape, policy: PrecisionPolicy,
-            steps: int | None = None) -> AccuracyReport:
-    loaded = load_model(artifact)[0] if isinstance(artifact, Path) else artifact
+def measure(reference: GLPModel, artifact: Path, shape: BuildShape, policy: PrecisionPolicy,
+            steps: int | None = None, device: str = "cpu") -> AccuracyReport:
+    """The artifact at `artifact`, loaded through the engine's loader onto `device`, against `reference`."""
+    loaded, built, _ = load_artifact(artifact, device)
     with torch.inference_mode():
-        return _measure(reference, loaded, shape, policy, steps)
+        return _measure(reference, loaded, built, shape, policy, steps)
 
 
-def _measure(reference: GLPModel, loaded: GLPModel, shape: BuildShape, policy: PrecisionPolicy,
-             steps: int | None) -> AccuracyReport:
+def _measure(reference: GLPModel, loaded: GLPModel, built: BuiltStages | None, shape: BuildShape,
+             policy: PrecisionPolicy, steps: int | None) -> AccuracyReport:
     components = []
+    functions = built.functions if built is not None else {}
     for name, spec in export_specs(reference.config).items():
         inputs = spec.sample_inputs(shape, seed=PROBE_SEED)
-        expected = _floats(spec.wrap(reference, shape)(*inputs))
-        got = _floats(spec.wrap(loaded, shape)(*inputs))
+        expected = _floats(spec.wrap(reference, shape)(*(x.to(reference.device) for x in inputs)))
+        # the built stage's function, or the artifact's weights in the eager stage wrapper
+        function = functions[name] if name in functions else spec.wrap(loaded, shape)
+        got = _floats(function(*(x.to(loaded.device) for x in inputs)))
         components.append(ComponentAccuracy.measure(name, got, expected))
     psnrs, agreements = [], []
     settings = dict(height=shape.height, width=shape.width, num_frames=shape.num_frames, num_inference_steps=steps,
                     guidance_scale=2.0 if shape.guidance else 1.0, frame_rate=shape.frame_rate, seed=PROBE_SEED)
     for image, prompt in zip(probe_images(), PROBE_PROMPTS):
         want = Engine(reference).predict(image, prompt, **settings)
-        got = Engine(loaded).predict(image, prompt, **settings)
+        got = Engine(loaded, built=built).predict(image, prompt, **settings)
         psnrs.append(psnr(got.frames, want.frames))
         agreements.append(token_agreement(got.token_ids, want.token_ids))
     return AccuracyReport(lowest_precision(policy).value, tuple(components), frame_psnr=float(np.mean(psnrs)),

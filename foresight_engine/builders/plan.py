@@ -8,46 +8,29 @@ from typing import Any
 import torch
 
 from ..artifact import KeyFactors, device_info, toolchain
+from ..backends import Backend
 from ..errors import ConfigError
 from ..models.export_spec import BuildShape, ExportSpec, export_specs
 from ..models.glp import GLPModel
 from ..precision import COMPONENTS, PrecisionPolicy
-
-BACKENDS = ("eager", "compile", "onnx", "tensorrt")
-
-# Stages a backend cannot take, and why (they run eager inside that artifact; the manifest says so).
-_NOT_EXPORTABLE = {
-    "vision": "data-dependent shapes (grid_thw sets the window-attention layout via .item()): runs eager",
-}
-_NOT_COMPILED = {
-    **_NOT_EXPORTABLE,
-    "prefill": "the Python KV cache (DynamicCache) changes length every request: runs eager",
-    "decode": "the KV cache grows every step (a static cache is the runtime's job): runs eager",
-}
-SKIPPED = {"eager": {}, "compile": _NOT_COMPILED, "onnx": _NOT_EXPORTABLE, "tensorrt": _NOT_EXPORTABLE}
-
-# torch.compile options per device type; reduce-overhead (CUDA graphs) only where there is a GPU.
-COMPILE_OPTIONS = {"cpu": {"fullgraph": True, "dynamic": False, "mode": None},
-                   "cuda": {"fullgraph": True, "dynamic": False, "mode": "reduce-overhead"}}
-ONNX_OPTIONS = {"opset": 20, "dynamo": True}
 
 
 @dataclass(frozen=True)
 class StagePlan:
     name: str
     component: str
-    backend: str  # what runs it inside the artifact: eager | compile | onnx | tensorrt
+    backend: Backend  # what runs it inside the artifact
     profile: dict[str, Any]
     reason: str = ""  # why it runs eager in a non-eager build
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"backend": self.backend, "profile": {k: [list(s) for s in v] for k, v in self.profile.items()}}
+        out = {"backend": self.backend.value, "profile": {k: [list(s) for s in v] for k, v in self.profile.items()}}
         return out | ({"reason": self.reason} if self.reason else {})
 
 
 @dataclass(frozen=True)
 class BuildPlan:
-    backend: str
+    backend: Backend
     policy: PrecisionPolicy
     shape: BuildShape
     stages: dict[str, StagePlan]
@@ -59,7 +42,7 @@ class BuildPlan:
         return self.factors.key()
 
     def describe(self, cache_hit: bool | None = None) -> str:
-        lines = [f"build plan: model {self.factors.config['name']}, backend {self.backend}, "
+        lines = [f"build plan: model {self.factors.config['name']}, backend {self.backend.value}, "
                  f"precision {self.policy.name}, key {self.key[:16]}"]
         if cache_hit is not None:
             lines.append(f"  cache: {'HIT (nothing to build)' if cache_hit else 'miss (will build)'}")
@@ -71,7 +54,7 @@ class BuildPlan:
                 if stage.component == component:
                     prof = "; ".join(f"{k} {list(v[0])}..{list(v[2])}" if v[0] != v[2] else f"{k} {list(v[1])}"
                                      for k, v in stage.profile.items())
-                    lines.append(f"      {stage.name:10s} {stage.backend:8s} {prof}")
+                    lines.append(f"      {stage.name:10s} {stage.backend.value:8s} {prof}")
                     if stage.reason:
                         lines.append(f"      {'':10s} ({stage.reason})")
         lines.append(f"  estimated memory: {sum(self.memory_bytes.values()) / 1e6:.1f} MB "
@@ -93,33 +76,29 @@ def _memory(model: GLPModel, policy: PrecisionPolicy, specs: dict[str, ExportSpe
     return out
 
 
-def resolve_plan(model: GLPModel, weights_hash: str, backend: str, policy: PrecisionPolicy, shape: BuildShape,
-                 device: str = "cpu", calibration_hash: str | None = None,
+def resolve_plan(model: GLPModel, weights_hash: str, backend: str | Backend, policy: PrecisionPolicy,
+                 shape: BuildShape, device: str = "cpu", calibration_hash: str | None = None,
                  stages: tuple[str, ...] | None = None) -> BuildPlan:
-    """`stages` limits which stages `backend` builds (default: all it can); the others run eager."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    """`stages` limits which stages `backend` builds (default: all it takes); the others run eager."""
+    backend = Backend.parse(backend)
+    spec = backend.spec
     shape.check(model.config)
     specs = export_specs(model.config)
     unknown = sorted(set(stages or ()) - set(specs))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(specs)}")
-    skipped = dict(SKIPPED[backend])
-    if stages is not None and backend != "eager":
+    skipped = dict(spec.skips)
+    if stages is not None and backend != Backend.EAGER:
         skipped.update({name: "not selected (stages=...): runs eager" for name in specs
                         if name not in stages and name not in skipped})
-    stages = {name: StagePlan(name, spec.component, "eager" if name in skipped else backend, spec.profile(shape),
-                              skipped.get(name, "")) for name, spec in specs.items()}
+    stages = {name: StagePlan(name, s.component, Backend.EAGER if name in skipped else backend, s.profile(shape),
+                              skipped.get(name, "")) for name, s in specs.items()}
     dev = device_info(device)
-    options: dict[str, Any] = {}
-    if backend == "compile":
-        options = dict(COMPILE_OPTIONS["cuda" if dev["type"] == "cuda" else "cpu"])
-    elif backend in ("onnx", "tensorrt"):
-        options = dict(ONNX_OPTIONS)
-    options["stage_backends"] = {n: s.backend for n, s in stages.items()}
+    options: dict[str, Any] = spec.options_for(dev["type"])
+    options["stage_backends"] = {n: s.backend.value for n, s in stages.items()}
     factors = KeyFactors(
         config=model.config.to_dict(), weights_hash=weights_hash, precision=policy.to_dict(),
         shapes={"build": shape.to_dict(), "stages": {n: s.to_dict()["profile"] for n, s in stages.items()}},
-        backend=backend, toolchain=toolchain(), device=dev, calibration_hash=calibration_hash, options=options)
+        backend=backend.value, toolchain=toolchain(), device=dev, calibration_hash=calibration_hash, options=options)
     return BuildPlan(backend, policy, shape, stages, KeyFactors.from_dict(factors.to_dict()),
                      _memory(model, policy, specs, shape))

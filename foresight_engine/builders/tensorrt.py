@@ -1,8 +1,8 @@
-"""TensorRT: the thin GPU-only layer. Everything it consumes is built and validated on the CPU.
+"""TensorRT plans, the build side of the GPU-only layer. Everything it consumes is built and validated on the CPU.
 
-- ``require_tensorrt(min_major=10)`` is the ONE capability check: it returns the ``tensorrt`` module, or raises
-  ``BackendUnavailable`` naming everything missing (no CUDA device, ``tensorrt`` not importable, version too old)
-  and suggesting ``--backend onnx``.
+- ``require_tensorrt()`` (from the runner, ``engine/runners/tensorrt.py``) is the ONE capability check: it returns
+  the ``tensorrt`` module, or raises ``BackendUnavailable`` naming everything missing (no CUDA device, ``tensorrt``
+  not importable, version too old) and suggesting ``--backend onnx``.
 - ``TensorRTBuildConfig`` (frozen, validated, JSON round-trip): optimization profiles (``OptimizationProfile`` =
   {input name: (min, opt, max) shape}), ``strongly_typed`` (default True: precision comes from the ONNX graph's
   tensor types and Q/DQ nodes, which is how FP8 is built; TensorRT 11 only has strongly typed networks), the
@@ -13,13 +13,12 @@
   (``timing-trt10.3.0-sm90.cache``).
 - ``build_engine(onnx_path, config, out_path, timing_cache_dir=None)``: parse, configure, build, serialize to a
   temporary file and rename; the timing cache is read before and written back after the build.
-- ``TensorRTRunner(engine_path)``: ``runner(**inputs) -> {output name: tensor}`` with torch CUDA tensors.
 
-Only the last two need a GPU; they cannot run in this project's CPU CI and are kept short.
+Only ``build_engine`` needs a GPU (the plan's runner lives with the engine's runners); it cannot run in this
+project's CPU CI and is kept short.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Mapping
@@ -29,35 +28,12 @@ from typing import Any
 
 import torch
 
-from ..errors import BackendUnavailable, ConfigError, EngineBuildError, InvalidInputError
+from ..engine.runners.tensorrt import require_tensorrt
+from ..errors import ConfigError, EngineBuildError
 from ..video_io import atomic_output
 
-MIN_TENSORRT_MAJOR = 10
 _PRECISION_FLAGS = ("fp16", "bf16", "fp8")  # weakly typed builder flags, as config field names
 Shape = tuple[int, ...]
-
-
-def require_tensorrt(min_major: int = MIN_TENSORRT_MAJOR):
-    """The imported ``tensorrt`` module, or ``BackendUnavailable`` naming every missing piece."""
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("no CUDA device (torch.cuda.is_available() is False)")
-    trt = None
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError as exc:
-        missing.append(f"the `tensorrt` Python package is not importable ({exc}); "
-                       "install it with `pip install 'foresight-engine[tensorrt]'`")
-    if trt is not None:
-        version = getattr(trt, "__version__", "unknown")
-        major = re.match(r"\d+", version)
-        if major is None or int(major.group()) < min_major:
-            missing.append(f"tensorrt {version} is too old: version >= {min_major} is needed")
-    if missing:
-        raise BackendUnavailable(
-            "TensorRT backend unavailable: " + "; ".join(missing) + ". Use `--backend onnx` on this machine."
-        )
-    return trt
 
 
 def _shape(value: Any, what: str) -> Shape:
@@ -256,46 +232,3 @@ def build_engine(
     with atomic_output(out_path) as tmp:
         tmp.write_bytes(memoryview(serialized))
     return out_path
-
-
-class TensorRTRunner:
-    """Runs a serialized engine (optimization profile 0) on torch CUDA tensors, on the current CUDA stream."""
-
-    def __init__(self, engine_path: str | Path):
-        trt = require_tensorrt()
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise EngineBuildError(f"TensorRT cannot deserialize {engine_path} (other TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if n not in self.input_names]
-        dtypes = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
-                  "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8,
-                  "FP8": torch.float8_e4m3fn}
-        to_torch = {getattr(trt.DataType, k): v for k, v in dtypes.items() if hasattr(trt.DataType, k)}
-        self.dtypes = {n: to_torch[self.engine.get_tensor_dtype(n)] for n in names}
-
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if set(inputs) != set(self.input_names):
-            raise InvalidInputError(f"engine inputs are {self.input_names}, got {sorted(inputs)}")
-        keep = []  # contiguous copies must outlive the launch
-        for name in self.input_names:
-            t = inputs[name]
-            if not t.is_cuda or t.dtype != self.dtypes[name]:
-                raise InvalidInputError(
-                    f"input {name!r} must be a CUDA {self.dtypes[name]} tensor, got {t.device} {t.dtype}"
-                )
-            t = t.contiguous()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs[name] = out
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise EngineBuildError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-        return outputs
