@@ -43,6 +43,7 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--fps", type=int, help="frame rate of the video (default: the preset's)")
     p.add_argument("--actual", type=Path, help="the video of what really happened: verify the prediction against it")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.set_defaults(func=_predict)
 
 
@@ -60,6 +61,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--video", choices=["base64", "url"], default="base64",
                    help="default video delivery: base64 in the JSON, or a URL under /v1/videos/{id}")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up predict")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.set_defaults(func=_serve)
 
 
@@ -68,7 +70,7 @@ def _serve(args) -> int:
 
     from .serve import EngineSource, create_app
     source = EngineSource(engine_dir=args.engine and str(args.engine), preset=args.preset, seed=args.seed_weights,
-                          engine_kwargs={"max_queue_size": args.max_queue_size})
+                          device=args.device, engine_kwargs={"max_queue_size": args.max_queue_size})
     max_upload = int(args.max_upload_mb * 2**20)
     app = create_app(source.load(), max_upload_bytes=max_upload, video=args.video, warmup=not args.no_warmup)
     # uvicorn drops WebSocket messages over ws_max_size unanswered; above the app's own limit (base64 text
@@ -81,13 +83,14 @@ def _serve(args) -> int:
 def _load_engine(args):
     from .engine import Engine
     if getattr(args, "engine", None) is not None:
-        return Engine.load(args.engine, progress=True)
+        return Engine.load(args.engine, device=args.device, progress=True)
     real = [args.vlm, args.decoder, args.glue]
     if any(real):
         if not all(real):
             raise ForesightError("real weights need all of --vlm, --decoder and --glue")
-        return Engine.from_pretrained(args.vlm, args.decoder, args.glue, lora=args.lora, progress=True)
-    return Engine.from_preset(args.preset or "tiny", seed=args.seed_weights, progress=True)
+        return Engine.from_pretrained(args.vlm, args.decoder, args.glue, lora=args.lora, device=args.device,
+                                      progress=True)
+    return Engine.from_preset(args.preset or "tiny", seed=args.seed_weights, device=args.device, progress=True)
 
 
 def _stream_prediction(engine, events):

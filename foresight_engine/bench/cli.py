@@ -24,6 +24,7 @@ def add_bench_parser(sub) -> None:
                    help=f"comma-separated stage suites, empty for none (default {','.join(STAGES)})")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG timeline of each configuration's last step here")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where every contender runs (default cpu)")
     p.set_defaults(func=_bench)
 
 
@@ -34,7 +35,8 @@ def _bench(args) -> int:
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         raise ForesightError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    report = run_suite(SuiteOptions(args.preset, quick=args.quick, configs=args.configs, stages=args.stages))
+    report = run_suite(SuiteOptions(args.preset, quick=args.quick, configs=args.configs, stages=args.stages,
+                                    device=args.device))
     print(format_table(report))
     print(f"suite wall time: {report.wall_s:.1f} s")
     if args.json:

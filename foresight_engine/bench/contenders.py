@@ -59,6 +59,7 @@ class BenchContext:
 
     preset: str
     seed: int = 0
+    device: str = "cpu"  # where every contender runs
     base: Engine = None  # type: ignore[assignment]
     inputs: BenchInputs = None  # type: ignore[assignment]
     engines: dict[str, Engine] = field(default_factory=dict)
@@ -70,7 +71,7 @@ class BenchContext:
 
     def __post_init__(self) -> None:
         if self.base is None:
-            self.base = Engine.from_preset(self.preset, seed=self.seed)
+            self.base = Engine.from_preset(self.preset, seed=self.seed, device=self.device)
         if self.inputs is None:
             self.inputs = BenchInputs.for_engine(self.base, self.seed)
 
@@ -150,6 +151,7 @@ def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInp
         enc = dict(input_ids=request.input_ids, attention_mask=torch.ones_like(request.input_ids),
                    pixel_values=request.pixel_values.to(engine.model.vision_tower.dtype),
                    image_grid_thw=request.image_grid_thw, mm_token_type_ids=request.mm_token_type_ids)
+        enc = {k: v.to(engine.device) for k, v in enc.items()}
         t = time.perf_counter()
         out = engine.model.qwen.generate(**enc, max_new_tokens=s["max_new_tokens"], do_sample=False)
         timings.stages["text"] = time.perf_counter() - t
@@ -181,7 +183,7 @@ def _best_peer(ctx: BenchContext) -> StepFn:
     """The diffusion-fast recipe: bf16 weights, SDPA (already the default) and torch.compile of the transformer
     (max-autotune where a GPU can autotune; the default mode on a CPU, where autotuning costs minutes)."""
     model = ctx.model_at("bf16")
-    mode = "max-autotune" if torch.cuda.is_available() else None
+    mode = "max-autotune" if ctx.base.device.type == "cuda" else None
     compiled = torch.compile(model.video_decoder.transformer, mode=mode, fullgraph=True)
     return library_step(Engine(model), ltx_pipeline(model, compiled), ctx.inputs)
 
@@ -215,8 +217,9 @@ def _artifact_engine(ctx: BenchContext, backend: str, precision: str) -> Engine:
     """Build (or find in the content-keyed cache) the preset's artifact, then load it like a user would.
     The gate is off: accuracy is the tests' job, and the bench reports the error it sees anyway."""
     from ..builders.build import build  # the bench is a builder's client; the engine itself never imports builders
-    directory = ctx.artifact_root / f"{ctx.preset}-seed{ctx.seed}-{backend}-{precision}"
-    return Engine.load(build(ctx.base.model, directory, backend=backend, precision=precision, gate=False).directory)
+    directory = ctx.artifact_root / f"{ctx.preset}-seed{ctx.seed}-{backend}-{precision}-{ctx.device}"
+    result = build(ctx.base.model, directory, backend=backend, precision=precision, gate=False, device=ctx.device)
+    return Engine.load(result.directory, device=ctx.device)
 
 
 def contenders(names: list[str] | None = None) -> list[Peer | EngineConfig]:

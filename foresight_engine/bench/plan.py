@@ -18,7 +18,8 @@ from ..models.adapter import ConditioningAdapter
 from ..models.backbone import Backbone
 from ..models.qwen_vl import SpecialTokenIds, build_qwen_vl
 from ..models.vae import VideoVAE, vae_kwargs
-from ..models.video_decoder import LatentGrid, VideoDecoder, transformer_kwargs
+from ..models.video_decoder import VideoDecoder, transformer_kwargs
+from ..models.video_geometry import VideoGeometry
 from .flops import OpCount, count
 from .gpus import GPUSpec, gpu as gpu_spec
 
@@ -126,26 +127,24 @@ def count_stages(config: ModelConfig, settings: PlanSettings) -> tuple[list[Stag
                                      window_index=window_index.to(meta), cu_window_seqlens=cu_windows).pooler_output)
 
     prompt_len = settings.prompt_tokens + n_patches // v.spatial_merge_size ** 2
-    embeds = torch.empty(1, prompt_len, config.text.hidden_size, device=meta)
+    t = config.text
+    embeds = torch.empty(1, prompt_len, t.hidden_size, device=meta)
     position_ids = torch.arange(prompt_len, device=meta).view(1, 1, -1).expand(3, 1, -1)
-    prefill, out = count(backbone.prefill, embeds, position_ids)
+    no_past = torch.empty(t.num_hidden_layers, 1, t.num_key_value_heads, 0, t.head_dim, device=meta)
+    prefill, (_, world_latent, keys, values) = count(backbone.prefill, embeds, position_ids, no_past, no_past)
     token = torch.zeros(1, 1, dtype=torch.long, device=meta)
-    # one decode step at the prompt's length stands for all of them (the cache grows by new_tokens at most)
-    text, _ = count(backbone.decode_step, token, out.next_position, out.cache)
-    adapt, (cond, cond_mask) = count(adapter, out.world_latent)
+    # one decode step over the prompt's cache stands for all of them (the cache grows by new_tokens at most)
+    text, _ = count(backbone.decode, token, torch.full((1,), prompt_len, device=meta), keys, values,
+                    torch.tensor(prompt_len, device=meta))
+    adapt, (cond, cond_mask) = count(adapter, world_latent)
 
-    vae_cfg, tr = config.vae, config.transformer
-    grid = LatentGrid(frames=(settings.num_frames - 1) // vae_cfg.temporal_compression + 1,
-                      height=settings.height // vae_cfg.spatial_compression,
-                      width=settings.width // vae_cfg.spatial_compression, channels=vae_cfg.latent_channels,
-                      patch=tr.patch_size, patch_t=tr.patch_size_t)
+    geometry = VideoGeometry.of(config, settings.height, settings.width, settings.num_frames, 24)
+    grid = geometry.grid
     batch = 2 if settings.guidance_scale > 1 else 1
-    latents = torch.empty(batch, grid.num_tokens, grid.channels * tr.patch_size ** 2 * tr.patch_size_t, device=meta)
+    latents = torch.empty(batch, grid.num_tokens, grid.token_channels, device=meta)
     timestep = torch.empty(batch, grid.num_tokens, device=meta)
-    rope_scale = (vae_cfg.temporal_compression / 24, vae_cfg.spatial_compression, vae_cfg.spatial_compression)
-    denoise, _ = count(decoder, latents, cond.expand(batch, -1, -1), cond_mask.expand(batch, -1), timestep, grid,
-                       rope_scale)
-    video_latents = torch.empty(1, grid.channels, grid.frames, grid.height, grid.width, device=meta)
+    denoise, _ = count(decoder, latents, cond.expand(batch, -1, -1), cond_mask.expand(batch, -1), timestep, geometry)
+    video_latents = torch.empty(geometry.latent_shape, device=meta)
     decode, _ = count(lambda: vae.vae.decode(video_latents, None, return_dict=False)[0])
 
     stages = [StageCount("vision", vision, 1), StageCount("prefill", prefill, 1),
@@ -154,7 +153,6 @@ def count_stages(config: ModelConfig, settings: PlanSettings) -> tuple[list[Stag
     params = {"vision": _numel(visual), "language": _numel(backbone), "adapter": _numel(adapter),
               "transformer": _numel(decoder), "vae": _numel(vae)}
     kv_tokens = prompt_len + settings.new_tokens
-    t = config.text
     params["kv_cache_elements"] = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * kv_tokens
     return stages, params
 

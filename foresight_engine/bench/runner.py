@@ -41,6 +41,7 @@ class SuiteOptions:
     configs: tuple[str, ...] | None = None  # None: every peer and engine configuration
     stages: tuple[str, ...] = STAGES
     seed: int = 0
+    device: str = "cpu"
 
     @property
     def end_to_end(self) -> Rounds:
@@ -203,7 +204,7 @@ def summarize(preset: str, results: list[Result], timelines: dict[str, Any], wal
 def run_suite(options: SuiteOptions) -> SuiteReport:
     """Stage suites for every engine configuration, then end to end for peers and engines, in one process."""
     start = time.perf_counter()
-    ctx = BenchContext(options.preset, seed=options.seed)
+    ctx = BenchContext(options.preset, seed=options.seed, device=options.device)
     chosen = contenders(list(options.configs) if options.configs else None)
     model_stage_flops(ctx)
     results: list[Result] = []

@@ -6,38 +6,39 @@ from typing import Any, Callable
 import torch
 
 from ..engine import Engine
+from ..models import denoising
+from ..models.kv_cache import decode_step
 from .contenders import BenchInputs
 
 STAGES = ("vision", "prefill", "decode_step", "adapter", "denoise_step", "vae")
 
 
 def stage_calls(engine: Engine, inputs: BenchInputs) -> dict[str, Callable[[], Any]]:
-    """`{stage: fn}` for one engine; the inputs of each stage come from the engine's own previous stages."""
+    """`{stage: fn}` for one engine; the inputs of each stage come from the engine's own previous stages, and each
+    stage runs what the engine runs (its stage functions, its velocity model, its KV cache)."""
     with torch.inference_mode():
         request = engine.prepare(inputs.images, inputs.prompt, **inputs.settings)
         image_embeds = engine.vision(request)
         prefill = engine.prefill(request, image_embeds)
-        first_token = torch.tensor([[int(prefill.logits[0].argmax())]])
+        first_token = prefill.logits.argmax(-1, keepdim=True)  # [1, 1]
+        slot = torch.tensor(prefill.cache.length, device=engine.device)
         cond, cond_mask = engine.adapt(prefill.world_latent)
         generator = torch.Generator("cpu").manual_seed(request.settings.seed)
-        grid = engine.latent_grid(request.settings)
-        latents, first_frame = engine.initial_latents(request, grid, generator)
-        timestep = engine.model.video_decoder.schedule(request.settings.num_inference_steps, grid.num_tokens
-                                                       ).timesteps[0] * (1 - first_frame)  # [1, S]
-        rope_scale = engine.rope_scale(request.settings)
-
-    def decode_step():
-        logits = engine.model.backbone.decode_step(first_token, prefill.next_position, prefill.cache)
-        prefill.cache.crop(-1)  # drop the token again: every call decodes the same first answer token
-        return logits
+        latents = engine.initial_latents(request, generator)
+        geometry, s = request.geometry, request.settings
+        schedule = engine.model.video_decoder.schedule(s.num_inference_steps, geometry.grid.num_tokens, engine.device)
+        state, loop = denoising.start(engine.velocity, geometry, latents, geometry.pinned, cond, cond_mask, schedule,
+                                      s.guidance_scale)
 
     calls = {
         "vision": lambda: engine.vision(request),
         "prefill": lambda: engine.prefill(request, image_embeds),
-        "decode_step": decode_step,
+        # the same slot every call: each decodes the first answer token again
+        "decode_step": lambda: decode_step(engine.stages["decode"], prefill.cache, first_token,
+                                           prefill.next_position, slot),
         "adapter": lambda: engine.adapt(prefill.world_latent),
-        "denoise_step": lambda: engine.model.video_decoder(latents, cond, cond_mask, timestep, grid, rope_scale),
-        "vae": lambda: engine.decode_video(latents, grid, torch.Generator("cpu").manual_seed(0)),
+        "denoise_step": lambda: engine.velocity.velocity(state, loop.latents.expand(loop.batch, -1, -1), 0),
+        "vae": lambda: engine.decode_video(latents, geometry, torch.Generator("cpu").manual_seed(0)),
     }
     return {name: torch.inference_mode()(fn) for name, fn in calls.items()}
 

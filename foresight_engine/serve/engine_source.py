@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ForesightError
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,7 @@ class EngineSource:
     engine_dir: str | None = None  # `foresight-engine build --out DIR`
     preset: str | None = None  # tiny | small
     seed: int = 0  # weight seed of `preset`
+    device: str | None = None  # cpu | cuda | cuda:N (None: the CPU)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # Engine(...) options, e.g. max_queue_size
 
     def __post_init__(self) -> None:
@@ -24,8 +25,5 @@ class EngineSource:
         """The engine, built in this process (on a Ray replica: in the replica's process, on its GPU)."""
         from ..engine import Engine
         if self.preset is not None:
-            return Engine.from_preset(self.preset, seed=self.seed, **self.engine_kwargs)
-        if not hasattr(Engine, "load"):
-            raise ForesightError("serving an artifact directory needs Engine.load (built artifacts), which this "
-                                 "installation lacks; serve a preset instead")
-        return Engine.load(Path(self.engine_dir), **self.engine_kwargs)
+            return Engine.from_preset(self.preset, seed=self.seed, device=self.device, **self.engine_kwargs)
+        return Engine.load(Path(self.engine_dir), device=self.device, **self.engine_kwargs)

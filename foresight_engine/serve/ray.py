@@ -62,15 +62,15 @@ def build_deployment(source: EngineSource, *, app_options: dict[str, Any] | None
 def app(args: dict[str, str]):
     """`serve run foresight_engine.serve.ray:app engine_dir=DIR | preset=P [device=cuda seed=K max_queue_size=N
     num_replicas=N]`: Ray Serve's application-builder entry point (its arguments arrive as strings).
-    `device` goes to `Engine.load` (each GPU replica sees only its own GPU, as `cuda`)."""
+    `device` goes to the engine (each GPU replica sees only its own GPU, as `cuda`)."""
     known = {"engine_dir", "preset", "device", "seed", "max_queue_size", "num_replicas"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ConfigError(f"unknown argument(s) {unknown}; known: {sorted(known)}")
-    engine_kwargs: dict[str, object] = {"device": args["device"]} if "device" in args else {}
+    engine_kwargs: dict[str, object] = {}
     if "max_queue_size" in args:
         engine_kwargs["max_queue_size"] = int(args["max_queue_size"])
     source = EngineSource(engine_dir=args.get("engine_dir"), preset=args.get("preset"),
-                          seed=int(args.get("seed", 0)), engine_kwargs=engine_kwargs)
+                          seed=int(args.get("seed", 0)), device=args.get("device"), engine_kwargs=engine_kwargs)
     replicas = int(args["num_replicas"]) if "num_replicas" in args else None
     return build_deployment(source, num_replicas=replicas)
