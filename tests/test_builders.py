@@ -74,19 +74,36 @@ def test_export_specs_describe_their_stages(tiny):
         assert all(torch.equal(a, b) for a, b in zip(inputs, spec.sample_inputs(shape)))  # seeded
 
 
-def test_functional_prefill_and_decode_equal_the_cached_backbone(tiny):
-    """The explicit-KV wrappers give the same logits as the DynamicCache path they wrap."""
+def test_export_specs_name_every_stage_once(tiny):
+    from foresight_engine.models.export_spec import STAGES
+    assert tuple(export_specs(tiny.config)) == STAGES
+
+
+def test_prefill_on_a_cached_prefix_equals_one_prefill_and_decode_masks_the_unfilled_slots(tiny):
+    """The stage wrappers over the one KV cache: prefilling a prompt in two parts (the second on top of the first's
+    keys/values) equals prefilling it at once; a decode step over the whole buffer ignores the slots >= `slot`."""
     specs, shape = export_specs(tiny.config), BuildShape.for_config(tiny.config)
-    embeds, positions = specs["prefill"].sample_inputs(shape)
+    prefill, decode = specs["prefill"].wrap(tiny, shape), specs["decode"].wrap(tiny, shape)
+    embeds, positions, past, _ = specs["prefill"].sample_inputs(shape)
+    none = past[:, :, :, :0]
     with torch.inference_mode():
-        logits, latent, keys, values = specs["prefill"].wrap(tiny, shape)(embeds, positions)
-        eager = tiny.backbone.prefill(embeds, positions)
-        token = torch.tensor([[int(logits.argmax())]])
-        step_logits, keys2, _ = specs["decode"].wrap(tiny, shape)(token, eager.next_position, keys, values)
-        eager_step = tiny.backbone.decode_step(token, eager.next_position, eager.cache)
-    assert torch.equal(logits, eager.logits) and torch.equal(latent, eager.world_latent)
-    assert torch.allclose(step_logits, eager_step, atol=1e-6)
-    assert keys2.shape[3] == keys.shape[3] + 1
+        logits, latent, keys, values = prefill(embeds, positions, none, none)
+        _, _, k1, v1 = prefill(embeds[:, :40], positions[:, :, :40], none, none)
+        logits2, latent2, k2, v2 = prefill(embeds[:, 40:], positions[:, :, 40:], k1, v1)
+        torch.testing.assert_close(logits2, logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(latent2, latent, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.cat([k1, k2], dim=3), keys, rtol=1e-5, atol=1e-5)
+
+        token, position, buffer_k, buffer_v, slot = specs["decode"].sample_inputs(shape)
+        n = int(slot)
+        step, new_k, _ = decode(token, position, buffer_k, buffer_v, slot)
+        exact, exact_k, _ = decode(token, position, buffer_k[:, :, :, :n], buffer_v[:, :, :, :n], slot)
+        scrambled = buffer_k.clone()
+        scrambled[:, :, :, n:] = 1e3  # stale slots of an earlier request
+        again, _, _ = decode(token, position, scrambled, buffer_v, slot)
+    torch.testing.assert_close(step, exact, rtol=1e-5, atol=1e-5)
+    assert torch.equal(again, step) and new_k.shape[3] == 1
+    torch.testing.assert_close(new_k, exact_k, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- artifacts
@@ -284,7 +301,7 @@ def test_engine_and_models_never_import_builders():
     root = Path(__file__).resolve().parents[1] / "foresight_engine"
     forbidden = {"engine": ("builders",), "models": ("builders", "onnx", "tensorrt")}
     for folder, names in forbidden.items():
-        for source in (root / folder).glob("*.py"):
+        for source in (root / folder).rglob("*.py"):
             imports = [line.split()[1] for line in source.read_text().splitlines()
                        if line.lstrip().startswith(("import ", "from "))]
             assert not any(name in module for module in imports for name in names), source

@@ -11,9 +11,10 @@ from foresight_engine.artifact import read_manifest
 from foresight_engine.builders import fp8
 from foresight_engine.builders.accuracy import relative_l2
 from foresight_engine.builders.build import build
+from foresight_engine.backends import Backend
 from foresight_engine.engine import Engine
-from foresight_engine.engine.artifact_loader import load_model
-from foresight_engine.engine.stage_shims import StagedAdapter, StagedBackbone, StagedVAE, StagedVideoDecoder
+from foresight_engine.engine.artifact_loader import load_artifact
+from foresight_engine.engine.runners.onnx import OnnxStage
 from foresight_engine.models.export_spec import BuildShape, export_specs
 from foresight_engine.models.glp import GLPModel
 from foresight_engine.precision import PrecisionPolicy
@@ -56,15 +57,17 @@ def test_onnx_fp32_matches_eager(onnx_fp32, engine, image):
     assert all(c.relative_l2 < 1e-5 for c in acc.components), acc
     assert acc.token_agreement == 1.0 and acc.frame_psnr >= 60
     manifest = read_manifest(onnx_fp32.directory)
-    stages = {s: info for comp in manifest.components.values() for s, info in comp["stages"].items()}
-    assert stages["vision"]["backend"] == "eager" and "data-dependent" in stages["vision"]["reason"]
-    for name in ("prefill", "decode", "adapter", "denoise", "vae_decode"):
-        assert stages[name]["backend"] == "onnx" and (onnx_fp32.directory / stages[name]["file"]).is_file()
-        assert max(stages[name]["ort_vs_eager"].values()) < 1e-5
+    stages = manifest.stages
+    assert stages["vision"].backend == "eager" and "data-dependent" in stages["vision"].reason
+    built = ("prefill", "decode", "adapter", "denoise", "vae_decode")
+    for name in built:
+        assert stages[name].backend == "onnx" and (onnx_fp32.directory / stages[name].file).is_file()
+        assert max(stages[name].ort_vs_eager.values()) < 1e-5
     loaded = Engine.load(onnx_fp32.directory)
-    m = loaded.model
-    assert isinstance(m.backbone, StagedBackbone) and isinstance(m.adapter, StagedAdapter)
-    assert isinstance(m.video_decoder, StagedVideoDecoder) and isinstance(m.vae, StagedVAE)
+    # one runner per built stage, called by the engine directly (the decode stage on the full KV buffer)
+    assert dict(loaded.built.backends) == {name: Backend.ONNX for name in built}
+    assert all(isinstance(loaded.stages[name], OnnxStage) for name in built if name != "denoise")
+    assert loaded.velocity.step_for(None) is loaded.built.functions["denoise"]
     want, got = engine.predict(image, PROMPT, seed=5), loaded.predict(image, PROMPT, seed=5)
     assert got.token_ids == want.token_ids
     assert np.abs(got.frames.astype(int) - want.frames.astype(int)).max() <= 1
@@ -81,10 +84,10 @@ def test_onnx_artifact_refuses_another_grid(onnx_fp32, image):
 
 def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):
     manifest = read_manifest(onnx_fp8.directory)
-    entry = manifest.components["video_decoder"]["stages"]["denoise"]
+    entry = manifest.components["video_decoder"].stages["denoise"]
     # the Q/DQ graph in ONNX Runtime equals the torch simulation up to a few flipped e4m3 roundings (sin/cos ulps)
-    assert entry["fp8_layers"] > 0 and entry["ort_vs_eager"]["velocity"] < 5e-3
-    graph = onnx.load(str(onnx_fp8.directory / entry["file"]))
+    assert entry.fp8_layers > 0 and entry.ort_vs_eager["velocity"] < 5e-3
+    graph = onnx.load(str(onnx_fp8.directory / entry.file))
     assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
     assert any(init.data_type == onnx.TensorProto.FLOAT8E4M3FN for init in graph.graph.initializer)
     # calibration is deterministic: the default set's digest is the key factor
@@ -92,7 +95,7 @@ def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):
     batches = [spec.sample_inputs(shape, seed=k) for k in range(4)]
     assert manifest.factors.calibration_hash == fp8.batches_digest(batches)
     module = spec.wrap(tiny, shape).eval()
-    scales = fp8.Fp8Scales.load(onnx_fp8.directory / entry["fp8_scales"])
+    scales = fp8.Fp8Scales.load(onnx_fp8.directory / entry.fp8_scales)
     keeps_high = PrecisionPolicy.for_precision("fp8").keeps_high
     assert scales.digest() == fp8.calibrate(module, batches, skip=lambda name, layer: keeps_high(name)).digest()
     # the reported denoise error equals a direct computation: simulated fp8 stage vs fp32 on the probe inputs
@@ -110,12 +113,14 @@ def test_compiled_denoise_step_runs_twice_without_recompiling(compile_bf16, tiny
     # fullgraph=True: a graph break in the denoising step would raise instead of silently splitting the graph
     assert options["fullgraph"] is True and options["mode"] is None  # reduce-overhead only on a GPU
     spec = export_specs(tiny.config)["denoise"]
-    model = load_model(compile_bf16.directory)[0]
+    _, built, _ = load_artifact(compile_bf16.directory)
+    denoise = built.functions["denoise"]
     torch._dynamo.reset()  # the build's own accuracy check compiled the same code for another model instance
     # config.patch, not monkeypatch: undoing a setattr on dynamo's config module deletes the option
     with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
-        first = spec.wrap(model, shape)(*spec.sample_inputs(shape, seed=3))
-        second = spec.wrap(model, shape)(*spec.sample_inputs(shape, seed=4))
+        first = denoise(*spec.sample_inputs(shape, seed=3))
+        second = denoise(*(x.to(torch.bfloat16) if x.is_floating_point() else x  # a bf16 caller: same graph
+                           for x in spec.sample_inputs(shape, seed=4)))
         reference = spec.wrap(tiny, shape)(*spec.sample_inputs(shape, seed=4))
     assert not torch.equal(first, second)
     assert relative_l2(second, reference) < 2e-2  # bf16
@@ -133,3 +138,38 @@ def test_cache_hit_of_an_ungated_artifact_still_meets_the_gate(compile_bf16, tin
         build(tiny, compile_bf16.directory, backend="compile", precision="bf16", stages=("denoise",),
               thresholds=strict)
     assert read_manifest(compile_bf16.directory).key == compile_bf16.key  # still there, untouched
+
+
+def test_calibration_records_every_stage_call_of_the_runtime(tiny, shape, tmp_path, image):
+    """Regression: `--calib IMAGE:PROMPT` recorded nothing (it tapped component methods the static runtime never
+    calls). It now records at the stage boundary: the denoising step at every step of the trajectory, every decode
+    step (the filled cache slots only), the prefill, the adapter and the VAE decode."""
+    from PIL import Image
+
+    from foresight_engine.builders.calibration import CalibrationSample, calibration_batches
+    Image.fromarray(image).save(tmp_path / "in.png")
+    specs = export_specs(tiny.config)
+    names = ("prefill", "decode", "adapter", "denoise", "vae_decode")
+    batches = calibration_batches(tiny, [specs[n] for n in names], shape,
+                                  [CalibrationSample(tmp_path / "in.png", PROMPT)])
+    steps = tiny.config.generation.num_inference_steps
+    assert len(batches["denoise"]) == steps
+    timesteps = [b[3].amax().item() for b in batches["denoise"]]  # per-token timesteps: the moving frames' t_i
+    assert timesteps == sorted(set(timesteps), reverse=True)  # every step, from noise to clean
+    assert [len(batches[n]) for n in ("prefill", "adapter", "vae_decode")] == [1, 1, 1]
+    decode = batches["decode"]
+    assert decode and all(b[2].shape[3] == int(b[4]) for b in decode)  # filled slots only
+    assert [int(b[4]) for b in decode] == list(range(int(decode[0][4]), int(decode[0][4]) + len(decode)))
+
+
+def test_fp8_build_with_calibration_images_from_the_cli(tmp_path, image):
+    from PIL import Image
+
+    from foresight_engine.cli import main
+    Image.fromarray(image).save(tmp_path / "in.png")
+    out = tmp_path / "fp8"
+    assert main(["build", "--preset", "tiny", "--backend", "onnx", "--precision", "fp8", "--stages", "denoise",
+                 "--calib", f"{tmp_path / 'in.png'}:{PROMPT}", "--out", str(out)]) == 0
+    manifest = read_manifest(out)
+    assert manifest.stages["denoise"].fp8_layers > 0 and manifest.factors.calibration_hash
+    assert Engine.load(out).predict(image, PROMPT, num_inference_steps=2).frames.shape[0] == 9

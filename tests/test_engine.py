@@ -46,7 +46,7 @@ def test_world_latent_alone_changes_video(engine, image):
         for latent in (prefill.world_latent, torch.zeros_like(prefill.world_latent)):
             cond, mask = engine.adapt(latent)
             gen = torch.Generator().manual_seed(0)
-            latents, grid = engine.denoise(request, cond, mask, gen)
+            latents = engine.denoise(request, cond, mask, gen)
             videos.append(latents)
     assert not torch.allclose(videos[0], videos[1])
 
@@ -56,7 +56,7 @@ def test_query_tokens_do_not_change_the_text(engine, image):
     request = engine.prepare(image, "What happens next?", **SETTINGS)
     with torch.inference_mode():
         prefill = engine.prefill(request, engine.vision(request))
-        assert prefill.cache.get_seq_length() == request.input_ids.shape[1]
+        assert prefill.cache.length == request.input_ids.shape[1]  # the prompt only, not the query tokens
         before = engine.decode_text(prefill, 4)
         engine.model.backbone.query_tokens.mul_(3.0)
         try:

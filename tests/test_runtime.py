@@ -40,11 +40,11 @@ def _hooked_denoise(engine, monkeypatch, hook):
     """Run `hook(step)` inside the engine's denoising loop, before its own step callback."""
     original = engine.denoise
 
-    def denoise(request, cond, mask, generator, on_step=None):
+    def denoise(request, cond, mask, generator, on_step=None, **kwargs):
         def step(i, n):
             hook(i)
             on_step(i, n)
-        return original(request, cond, mask, generator, step)
+        return original(request, cond, mask, generator, step, **kwargs)
     monkeypatch.setattr(engine, "denoise", denoise)
 
 

@@ -1,9 +1,12 @@
-"""The static denoising loop and the static KV decode equal the eager reference loops (fp32)."""
+"""The one denoising loop with the static plan equals it with the plain transformer forward (the eager reference);
+the one KV cache's decode equals transformers' own DynamicCache decode (fp32)."""
 import pytest
 import torch
+from transformers import DynamicCache
 
-from foresight_engine.models.static_denoiser import GraphedDenoiseLoop, StaticDenoiser
-from foresight_engine.models.static_kv import StaticDecoder
+from foresight_engine.models import denoising
+from foresight_engine.models.kv_cache import decode_step
+from foresight_engine.models.stages import DecodeStage
 
 
 def _denoise_inputs(engine, image, guidance_scale, steps=3):
@@ -11,115 +14,107 @@ def _denoise_inputs(engine, image, guidance_scale, steps=3):
     with torch.inference_mode():
         prefill = engine.prefill(request, engine.vision(request))
         cond, mask = engine.adapt(prefill.world_latent)
-        grid = engine.latent_grid(request.settings)
-        latents, first_frame = engine.initial_latents(request, grid, torch.Generator().manual_seed(0))
-    decoder = engine.model.video_decoder
-    schedule = decoder.schedule(steps, grid.num_tokens)
-    return decoder, dict(latents=latents, first_frame=first_frame, cond=cond, mask=mask, schedule=schedule,
-                         grid=grid, rope=engine.rope_scale(request.settings), guidance=guidance_scale)
+        latents = engine.initial_latents(request, torch.Generator().manual_seed(0))
+    schedule = engine.model.video_decoder.schedule(steps, request.geometry.grid.num_tokens)
+    return dict(geometry=request.geometry, latents=latents, cond=cond, mask=mask, schedule=schedule,
+                guidance=guidance_scale)
 
 
-def _reference(decoder, x):
+def _run(engine, x, static=True, step_cache=None, on_step=None):
+    model = engine.model.video_decoder.velocity_model(static, step_cache)
+    g = x["geometry"]
     with torch.inference_mode():
-        return decoder.denoise(x["latents"], x["first_frame"], x["cond"], x["mask"], x["schedule"], x["grid"],
-                               x["rope"], x["guidance"])
-
-
-def _static(decoder, x, **run_kwargs):
-    denoiser = StaticDenoiser(decoder)
-    plan = denoiser.plan(x["latents"], x["cond"], x["mask"], x["schedule"], x["grid"], x["rope"], x["guidance"])
-    return denoiser.run(plan, **run_kwargs), plan
+        state, loop = denoising.start(model, g, x["latents"], g.pinned, x["cond"], x["mask"], x["schedule"],
+                                      x["guidance"])
+        return denoising.denoise(model, state, loop, on_step), state, loop
 
 
 @pytest.mark.parametrize("guidance_scale,steps", [(1.0, 3), (3.0, 3), (1.0, 1)])
-def test_static_loop_equals_reference_loop(engine, image, guidance_scale, steps):
-    decoder, x = _denoise_inputs(engine, image, guidance_scale, steps)
-    ref = _reference(decoder, x)
-    ours, plan = _static(decoder, x)
-    assert plan.batch == (2 if guidance_scale > 1 else 1)  # CFG is one batched pass, skipped at 1
+def test_static_velocity_equals_the_plain_forward(engine, image, guidance_scale, steps):
+    x = _denoise_inputs(engine, image, guidance_scale, steps)
+    ref, _, _ = _run(engine, x, static=False)
+    ours, _, loop = _run(engine, x)
+    assert loop.batch == (2 if guidance_scale > 1 else 1)  # CFG is one batched pass, skipped at 1
     assert not torch.equal(ref, x["latents"])  # the loop really moved the latents
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    pinned = x["grid"].tokens_per_frame
+    pinned = x["geometry"].pinned
     assert torch.equal(ours[:, :pinned], x["latents"][:, :pinned])  # the conditioned frame is never updated
 
 
-def test_static_loop_reports_every_step_and_stops_when_the_hook_raises(engine, image):
-    decoder, x = _denoise_inputs(engine, image, 1.0, 3)
+def test_loop_reports_every_step_and_stops_when_the_hook_raises(engine, image):
+    x = _denoise_inputs(engine, image, 1.0, 3)
     seen = []
-    _static(decoder, x, on_step=lambda i, n: seen.append((i, n)))
+    _run(engine, x, on_step=lambda i, n: seen.append((i, n)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
     def stop(i, n):
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        _static(decoder, x, on_step=stop)
+        _run(engine, x, on_step=stop)
 
 
 def test_step_cache_off_or_never_hit_equals_reference(engine, image):
-    decoder, x = _denoise_inputs(engine, image, 1.0, 4)
-    ref = _reference(decoder, x)
-    ours, plan = _static(decoder, x, step_cache_threshold=1e-12)  # a threshold no step meets
+    x = _denoise_inputs(engine, image, 1.0, 4)
+    ref, _, _ = _run(engine, x, static=False)
+    ours, plan, _ = _run(engine, x, step_cache=1e-12)  # a threshold no step meets
     assert plan.cache_stats.computed == 4 and plan.cache_stats.skipped == 0
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_step_cache_skips_blocks_when_the_first_block_barely_changes(engine, image):
-    decoder, x = _denoise_inputs(engine, image, 1.0, 4)
-    ref = _reference(decoder, x)
-    ours, plan = _static(decoder, x, step_cache_threshold=10.0)  # every step after the first reuses
+    x = _denoise_inputs(engine, image, 1.0, 4)
+    ref, _, _ = _run(engine, x, static=False)
+    ours, plan, _ = _run(engine, x, step_cache=10.0)  # every step after the first reuses
     assert plan.cache_stats.computed == 1 and plan.cache_stats.skipped == 3
     assert torch.isfinite(ours).all() and not torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_cuda_graph_loop_needs_cuda(engine):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: the graph path is exercised on the GPU")
-    with pytest.raises(RuntimeError, match="CUDA"):
-        GraphedDenoiseLoop(StaticDenoiser(engine.model.video_decoder))
-
-
-def test_static_kv_decode_equals_dynamic_cache_decode(engine, image):
+def test_kv_cache_decode_equals_transformers_dynamic_cache(engine, image):
+    """Prefill and every decode step on the one KV cache give transformers' logits (its own forward on a
+    DynamicCache), and the cache holds the same keys."""
     request = engine.prepare(image, "What happens next?")
     backbone = engine.model.backbone
+    lm = backbone.language_model
     with torch.inference_mode():
-        ref_prefill = engine.prefill(request, engine.vision(request))
         prefill = engine.prefill(request, engine.vision(request))
-        decoder = StaticDecoder(backbone.language_model, backbone.lm_head)
-        cache = decoder.new_cache(prefill.cache.get_seq_length() + 8)
-        cache.load(prefill.cache)
-        position = prefill.next_position
+        positions, _ = engine.model.qwen.model.get_rope_index(
+            request.input_ids, mm_token_type_ids=request.mm_token_type_ids, image_grid_thw=request.image_grid_thw)
+        embeds = backbone.embed(request.input_ids, engine.vision(request))
+        reference = DynamicCache(config=lm.config)
+        hidden = lm(inputs_embeds=embeds, position_ids=positions, past_key_values=reference, use_cache=True)
+        torch.testing.assert_close(prefill.logits, backbone.lm_head(hidden.last_hidden_state[:, -1]),
+                                   rtol=1e-5, atol=1e-5)
+        cache, position = prefill.cache, prefill.next_position.clone()
+        slot = torch.tensor(cache.length)
         for token in (5, 77, 301, 12, 9):  # arbitrary tokens: logits must agree at every step
             ids = torch.tensor([[token]])
-            ref = backbone.decode_step(ids, position, ref_prefill.cache)
-            ours = decoder(ids, position, torch.tensor(cache.length), cache)
+            out = lm(inputs_embeds=lm.embed_tokens(ids), position_ids=position.view(1, 1, 1).expand(3, 1, 1),
+                     past_key_values=reference, use_cache=True)
+            ours = decode_step(DecodeStage(backbone), cache, ids, position, slot)
             cache.length += 1
-            position = position + 1
-            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-        # the static buffers hold what the dynamic cache holds
-        n = ref_prefill.cache.get_seq_length()
+            slot += 1
+            position += 1
+            torch.testing.assert_close(ours, backbone.lm_head(out.last_hidden_state[:, -1]), rtol=1e-5, atol=1e-5)
+        n = reference.get_seq_length()
         assert cache.length == n
-        torch.testing.assert_close(cache.keys[0, :, :, :n], ref_prefill.cache.layers[0].keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.keys[0, :, :, :n], reference.layers[0].keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.values[-1, :, :, :n], reference.layers[-1].values, rtol=1e-5, atol=1e-5)
 
 
-def test_static_kv_decode_step_compiles_once_with_fixed_shapes(engine, image):
-    """One fullgraph compile serves every decode step (the slot is a tensor, the shapes never change)."""
+def test_decode_stage_compiles_once_with_fixed_shapes(engine, image):
+    """One fullgraph compile serves every decode step (the slot is a tensor, the buffers never change shape)."""
     import torch._dynamo
     request = engine.prepare(image, "What happens next?")
-    backbone = engine.model.backbone
+    stage = DecodeStage(engine.model.backbone)
+    compiled = torch.compile(stage, fullgraph=True, dynamic=False)
     with torch.inference_mode():
-        prefill = engine.prefill(request, engine.vision(request))
-        decoder = StaticDecoder(backbone.language_model, backbone.lm_head)
-        eager_cache, compiled_cache = (decoder.new_cache(prefill.cache.get_seq_length() + 4) for _ in range(2))
-        eager_cache.load(prefill.cache)
-        compiled_cache.load(prefill.cache)
-        compiled = torch.compile(decoder, fullgraph=True, dynamic=False)
-        position = prefill.next_position
+        eager, ours = (engine.prefill(request, engine.vision(request)) for _ in range(2))
+        position, slot = eager.next_position.clone(), torch.tensor(eager.cache.length)
         for step, token in enumerate((5, 77, 301)):
             ids = torch.tensor([[token]])
             with torch._dynamo.config.patch(error_on_recompile=step > 0):
-                ours = compiled(ids, position, torch.tensor(compiled_cache.length), compiled_cache)
-            ref = decoder(ids, position, torch.tensor(eager_cache.length), eager_cache)
-            compiled_cache.length += 1
-            eager_cache.length += 1
-            position = position + 1
-            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+                got = decode_step(compiled, ours.cache, ids, position, slot)
+            ref = decode_step(stage, eager.cache, ids, position, slot)
+            slot += 1
+            position += 1
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -8,11 +8,12 @@ import os
 
 import httpx
 import pytest
+import torch
 from websockets.sync.client import connect
 
 pytest.importorskip("ray.serve")
 
-from foresight_engine.errors import ConfigError  # noqa: E402
+from foresight_engine.errors import ConfigError, DeviceUnavailable  # noqa: E402
 from foresight_engine.serve import EngineSource  # noqa: E402
 from foresight_engine.serve.ray import EngineDeployment, app, build_deployment, deployment_options  # noqa: E402
 from serve_helpers import LiveServer, free_port, png_bytes  # noqa: E402
@@ -65,6 +66,18 @@ def test_serve_run_entry_point_parses_its_string_arguments():
     assert source == EngineSource(preset="tiny", engine_kwargs={"max_queue_size": 3})
     with pytest.raises(ConfigError, match="unknown argument"):
         app({"preset": "tiny", "gpus": "1"})
+    source, _ = app({"engine_dir": "/shared/art", "device": "cuda"})._bound_deployment.init_args
+    assert source == EngineSource(engine_dir="/shared/art", device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_replica_device_reaches_the_engine():
+    """Regression: `device=cuda` with a preset raised TypeError (Engine.__init__ had no device); now the replica's
+    engine is built on that device, or fails at once naming CUDA where there is none."""
+    replica = EngineDeployment(EngineSource(preset="tiny", device="cpu", engine_kwargs={"max_queue_size": 1}))
+    assert replica.engine.device == torch.device("cpu")
+    with pytest.raises(DeviceUnavailable, match="CUDA"):
+        EngineDeployment(EngineSource(preset="tiny", device="cuda"))
 
 
 @pytest.mark.skipif(os.environ.get("FORESIGHT_RAY_TESTS") != "1", reason="set FORESIGHT_RAY_TESTS=1 (~50 s)")

@@ -1,4 +1,5 @@
-"""TensorRT layer on the CPU: the capability check, the build config, the timing-cache key."""
+"""TensorRT layer on the CPU: the capability check (the registry's, shared by the builder and the runner), the
+build config, the timing-cache key."""
 import sys
 import types
 
@@ -8,12 +9,11 @@ import torch
 from foresight_engine.builders.tensorrt import (
     OptimizationProfile,
     TensorRTBuildConfig,
-    TensorRTRunner,
     build_engine,
-    require_tensorrt,
     timing_cache_key,
     timing_cache_path,
 )
+from foresight_engine.engine.runners.tensorrt import TensorRTRunner, require_tensorrt
 from foresight_engine.errors import BackendUnavailable, ConfigError
 
 PROFILE = {"latents": ((1, 64, 128), (1, 256, 128), (2, 1024, 128)), "timestep": ((1,), (1,), (2,))}
