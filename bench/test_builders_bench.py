@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from foresight_engine.builders.build import build
-from foresight_engine.engine.artifact_loader import load_model
+from foresight_engine.engine.artifact_loader import load_artifact
 from foresight_engine.models.export_spec import BuildShape, export_specs
 from foresight_engine.models.glp import GLPModel
 
@@ -26,7 +26,7 @@ def small():
 def loaded(small, tmp_path_factory):
     model, shape = small
     root = tmp_path_factory.mktemp("bench_art")
-    return {p: load_model(build(model, root / p, backend="eager", precision=p, shape=shape, steps=2,
+    return {p: load_artifact(build(model, root / p, backend="eager", precision=p, shape=shape, steps=2,
                                 gate=False).directory)[0] for p in PRECISIONS}
 
 
@@ -66,9 +66,9 @@ def test_tiny_build_and_load_time(benchmark, backend, tmp_path):
     result = build(model, tmp_path / backend, backend=backend, precision="fp32")
     build_s = time.perf_counter() - start
     start = time.perf_counter()
-    load_model(result.directory)
+    load_artifact(result.directory)
     cold_s = time.perf_counter() - start
-    benchmark.pedantic(load_model, args=(result.directory,), rounds=3, iterations=1)
+    benchmark.pedantic(load_artifact, args=(result.directory,), rounds=3, iterations=1)
     benchmark.extra_info.update(backend=backend, build_s=build_s, cold_load_s=cold_s)
     print(f"tiny {backend}: build {build_s:.1f} s (accuracy gate included), cold load {cold_s:.2f} s, "
           f"warm load {benchmark.stats.stats.median:.2f} s")

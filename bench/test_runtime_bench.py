@@ -73,8 +73,8 @@ def _video_only(engine: Engine, image) -> np.ndarray:
         prefill = engine.prefill(request, engine.vision(request))
         cond, mask = engine.adapt(prefill.world_latent)
         generator = torch.Generator().manual_seed(0)
-        latents, grid = engine.denoise(request, cond, mask, generator)
-        return engine.decode_video(latents, grid, generator)
+        latents = engine.denoise(request, cond, mask, generator)
+        return engine.decode_video(latents, request.geometry, generator)
 
 
 def test_pipelined_vs_sequential(benchmark, model, image):

@@ -195,11 +195,11 @@ PEERS: list[Peer] = [
 
 ENGINE_CONFIGS: list[EngineConfig] = [
     EngineConfig("eager-fp32", "fp32", lambda ctx: Engine(ctx.model_at("fp32"), static=False, overlap=False),
-                 "the reference Engine: eager loops, one stage after the other"),
+                 "the reference Engine: the plain transformer forward each step, one stage after the other"),
     EngineConfig("eager-bf16", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), static=False, overlap=False),
                  "the reference Engine with every component cast to bf16"),
     EngineConfig("runtime-fp32", "fp32", lambda ctx: Engine(ctx.model_at("fp32")),
-                 "static denoising loop + static KV decode, text overlapped with video"),
+                 "the static denoising plan, text overlapped with video"),
     EngineConfig("runtime-bf16", "bf16", lambda ctx: Engine(ctx.model_at("bf16")),
                  "the runtime with every component cast to bf16"),
     EngineConfig("runtime-bf16-sequential", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), overlap=False),
