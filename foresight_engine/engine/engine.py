@@ -119,7 +119,7 @@ class Engine:
         if cuda_graphs and self.device.type != "cuda":
             raise GraphCaptureError(f"cuda_graphs=True captures CUDA graphs, which need device='cuda' (this engine's "
                                     f"device is {self.device})")
-        self.model = model.to(self.device)  # weights move once, after the precision policy
+        self.model = model
         self.config: ModelConfig = model.config
         self.built = built
         self.progress = progress
@@ -133,6 +133,7 @@ class Engine:
             raise ConfigError("cuda_graphs=True needs a graph-safe denoising step; this artifact's denoise stage runs "
                               f"on {built.backends['denoise'].value}, which a CUDA graph cannot capture")
         self.max_seq_len = self._cache_length(max_seq_len)
+        model.to(self.device)  # weights move once, after the precision policy and every check
         self._frame_processor = VideoProcessor(vae_scale_factor=self.config.vae.spatial_compression)
         self._registry = RequestRegistry(max_queue_size)
         self._caches = KVCachePool(self.new_cache, max_queue_size)
