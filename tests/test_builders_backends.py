@@ -80,6 +80,8 @@ def test_onnx_artifact_refuses_another_grid(onnx_fp32, image):
         loaded.prepare(image, PROMPT, num_frames=13)  # refused while validating, before any model runs
     with pytest.raises(ArtifactError, match="rebuild needed: .*batch"):
         loaded.prepare(image, PROMPT, guidance_scale=3.0)  # built without classifier-free guidance
+    with pytest.raises(ArtifactError, match="rebuild needed: .*decode stage is built for a KV cache of 4096 slots"):
+        Engine.load(onnx_fp32.directory, max_seq_len=100)  # the built decode step's buffers are fixed
 
 
 def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):

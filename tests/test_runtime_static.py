@@ -118,3 +118,26 @@ def test_decode_stage_compiles_once_with_fixed_shapes(engine, image):
             slot += 1
             position += 1
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_caches_are_allocated_once_and_a_request_that_cannot_fit_is_refused_first(engine, image, monkeypatch):
+    from foresight_engine import Engine
+    from foresight_engine.errors import ConfigError, PromptError
+    from foresight_engine.models.kv_cache import KVCache
+    rt = Engine(engine.model, max_queue_size=2)
+    allocated = []
+    original = KVCache.allocate.__func__
+    monkeypatch.setattr(KVCache, "allocate", classmethod(lambda cls, *a, **k: allocated.append(a[1])
+                                                         or original(cls, *a, **k)))
+    for seed in (1, 2, 3):
+        rt.predict(image, "What happens next?", seed=seed, num_inference_steps=1, max_new_tokens=3)
+    assert allocated == [rt.max_seq_len]  # one cache, reused by every request that followed
+    assert rt.max_seq_len == min(engine.config.text.max_position_embeddings,
+                                 engine.config.processor.max_prompt_tokens + engine.config.generation.max_new_tokens_limit)
+
+    tight = Engine(engine.model, max_seq_len=32)
+    monkeypatch.setattr(tight, "vision", lambda *a: pytest.fail("a model ran"))
+    with pytest.raises(PromptError, match=r"KV cache of 32 slots \(Engine\(max_seq_len"):
+        tight.predict(image, "What happens next?")
+    with pytest.raises(ConfigError, match="max_seq_len=1 "):
+        Engine(engine.model, max_seq_len=1)

@@ -171,8 +171,10 @@ class Engine:
         return max_seq_len
 
     def new_cache(self) -> KVCache:
-        """An empty KV cache of this engine's length, in the backbone's dtype, on its device."""
-        return KVCache.allocate(self.config, self.max_seq_len, self.model.backbone.dtype, self.device)
+        """An empty KV cache of this engine's length, in the backbone's dtype, on its device (zero-filled on the
+        front stream, the one whose prefill writes it first)."""
+        with self.streams.front():
+            return KVCache.allocate(self.config, self.max_seq_len, self.model.backbone.dtype, self.device)
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0, **kwargs) -> "Engine":
