@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..engine import Engine
 from .contenders import BenchContext, EngineConfig, Peer, StepResult, contenders
 from .flops import count_flops
 from .machine import gpu_telemetry, machine_info, peak_rss_bytes, peaks
@@ -115,9 +116,11 @@ def record_extra(precision: str) -> dict[str, Any]:
 
 
 def model_stage_flops(ctx: BenchContext) -> dict[str, int]:
-    """Model FLOPs of one call of each stage, counted once on the fp32 reference (cached in the context)."""
+    """Model FLOPs of one call of each stage, counted once on the fp32 eager reference (the plain transformer forward
+    each denoising step; cached in the context)."""
     if not ctx.stage_flops:
-        ctx.stage_flops.update({name: count_flops(fn) for name, fn in stage_calls(ctx.base, ctx.inputs).items()})
+        reference = Engine(ctx.base.model, static=False, overlap=False)
+        ctx.stage_flops.update({name: count_flops(fn) for name, fn in stage_calls(reference, ctx.inputs).items()})
     return ctx.stage_flops
 
 
