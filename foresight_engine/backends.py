@@ -65,7 +65,9 @@ class Requirement:
 
 
 _ALL_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
-_NOT_EXPORTABLE = {"vision": "data-dependent shapes (grid_thw sets the window-attention layout via .item()): runs eager"}
+_NOT_EXPORTABLE = {
+    "vision": "data-dependent shapes (grid_thw sets the window-attention layout via .item()): runs eager",
+}
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,9 @@ REGISTRY: Mapping[Backend, BackendSpec] = MappingProxyType({
         precision_note="fp8 needs --backend onnx or tensorrt (Q/DQ graphs); compile would only simulate it on the "
                        "CPU, slower than fp32"),
     Backend.ONNX: BackendSpec(
-        Backend.ONNX, "ONNX Runtime", runner="onnx", devices=("cpu", "cuda"), toolchain=_TORCH + ("onnx", "onnxruntime"),
-        skips=_NOT_EXPORTABLE, options={"cpu": _ONNX_OPTIONS, "cuda": _ONNX_OPTIONS},
+        Backend.ONNX, "ONNX Runtime", runner="onnx", devices=("cpu", "cuda"),
+        toolchain=_TORCH + ("onnx", "onnxruntime"), skips=_NOT_EXPORTABLE,
+        options={"cpu": _ONNX_OPTIONS, "cuda": _ONNX_OPTIONS},
         precisions={"cpu": (Precision.FP32, Precision.FP8),
                     "cuda": (Precision.FP32, Precision.BF16, Precision.FP16, Precision.FP8)},
         precision_note="ONNX Runtime's CPU provider runs fp32 (and fp8 Q/DQ graphs); bf16/fp16 have no ONNX "
@@ -171,12 +174,10 @@ REGISTRY: Mapping[Backend, BackendSpec] = MappingProxyType({
         fallback="Use `--backend onnx` on this machine."),
 })
 
-FP8_BACKENDS = tuple(b for b, s in REGISTRY.items() if Precision.FP8 in s.precisions_for("cuda"))
-
 
 def toolchain_packages() -> tuple[str, ...]:
     """Every package some backend's artifacts depend on, in a stable order."""
     return tuple(dict.fromkeys(p for spec in REGISTRY.values() for p in spec.toolchain))
 
 
-__all__ = ["Backend", "BackendSpec", "FP8_BACKENDS", "REGISTRY", "Requirement", "toolchain_packages"]
+__all__ = ["Backend", "BackendSpec", "REGISTRY", "Requirement", "toolchain_packages"]
