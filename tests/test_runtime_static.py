@@ -141,3 +141,21 @@ def test_kv_caches_are_allocated_once_and_a_request_that_cannot_fit_is_refused_f
         tight.predict(image, "What happens next?")
     with pytest.raises(ConfigError, match="max_seq_len=1 "):
         Engine(engine.model, max_seq_len=1)
+
+
+def test_decode_span_is_a_fixed_power_of_two_and_equals_the_whole_buffer(engine, image):
+    from foresight_engine.models.kv_cache import attention_span
+    assert [attention_span(n, 4096) for n in (1, 256, 257, 700, 5000)] == [256, 256, 512, 1024, 4096]
+    request = engine.prepare(image, "What happens next?")
+    stage = DecodeStage(engine.model.backbone)
+    with torch.inference_mode():
+        whole, spanned = (engine.prefill(request, engine.vision(request)) for _ in range(2))
+        span = engine.decode_span(spanned.cache.length + 8)
+        assert span == 256 < engine.max_seq_len
+        position, slot = whole.next_position.clone(), torch.tensor(whole.cache.length)
+        for token in (5, 77, 301):
+            ids = torch.tensor([[token]])
+            torch.testing.assert_close(decode_step(stage, spanned.cache, ids, position, slot, span),
+                                       decode_step(stage, whole.cache, ids, position, slot), rtol=1e-5, atol=1e-5)
+            slot += 1
+            position += 1

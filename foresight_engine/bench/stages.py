@@ -15,13 +15,14 @@ STAGES = ("vision", "prefill", "decode_step", "adapter", "denoise_step", "vae")
 
 def stage_calls(engine: Engine, inputs: BenchInputs) -> dict[str, Callable[[], Any]]:
     """`{stage: fn}` for one engine; the inputs of each stage come from the engine's own previous stages, and each
-    stage runs what the engine runs (its stage functions, its velocity model, its KV cache)."""
+    stage runs what the engine runs (its stage functions, its velocity model, its KV cache and decode span)."""
     with torch.inference_mode():
         request = engine.prepare(inputs.images, inputs.prompt, **inputs.settings)
         image_embeds = engine.vision(request)
         prefill = engine.prefill(request, image_embeds)
         first_token = prefill.logits.argmax(-1, keepdim=True)  # [1, 1]
         slot = torch.tensor(prefill.cache.length, device=engine.device)
+        span = engine.decode_span(prefill.cache.length + request.settings.max_new_tokens)
         cond, cond_mask = engine.adapt(prefill.world_latent)
         generator = torch.Generator("cpu").manual_seed(request.settings.seed)
         latents = engine.initial_latents(request, generator)
@@ -35,7 +36,7 @@ def stage_calls(engine: Engine, inputs: BenchInputs) -> dict[str, Callable[[], A
         "prefill": lambda: engine.prefill(request, image_embeds),
         # the same slot every call: each decodes the first answer token again
         "decode_step": lambda: decode_step(engine.stages["decode"], prefill.cache, first_token,
-                                           prefill.next_position, slot),
+                                           prefill.next_position, slot, span),
         "adapter": lambda: engine.adapt(prefill.world_latent),
         "denoise_step": lambda: engine.velocity.velocity(state, loop.latents.expand(loop.batch, -1, -1), 0),
         "vae": lambda: engine.decode_video(latents, geometry, torch.Generator("cpu").manual_seed(0)),

@@ -42,7 +42,7 @@ from ..device import resolve_device
 from ..errors import ArtifactError, ConfigError, GraphCaptureError, PromptError
 from ..models import denoising
 from ..models.glp import GLPModel
-from ..models.kv_cache import KVCache, decode_step, default_length
+from ..models.kv_cache import KVCache, attention_span, decode_step, default_length
 from ..models.stages import AdapterStage, DecodeStage, PrefillStage, VAEDecodeStage, VisionStage
 from ..models.video_geometry import VideoGeometry
 from ..verify import verify
@@ -169,6 +169,12 @@ class Engine:
         if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
             raise ConfigError(f"max_seq_len={max_seq_len!r} must be an integer >= 2")
         return max_seq_len
+
+    def decode_span(self, needed: int) -> int:
+        """Slots a decode step attends over: a built decode stage's whole (fixed) buffer, else `attention_span`."""
+        if self.built is not None and "decode" in self.built.functions:
+            return self.max_seq_len
+        return attention_span(needed, self.max_seq_len)
 
     def new_cache(self) -> KVCache:
         """An empty KV cache of this engine's length, in the backbone's dtype, on its device (zero-filled on the
@@ -481,6 +487,7 @@ class Engine:
         Everything stays on the device; reading each token id is the one host sync per token."""
         eos = self.model.token_ids.eos
         cache, decode = prefill.cache, self.stages["decode"]
+        span = self.decode_span(cache.length + max_new_tokens)  # one shape for the whole answer
         token = prefill.logits.argmax(-1, keepdim=True)  # [1, 1]
         position = prefill.next_position.clone()  # [1]
         slot = torch.full((), cache.length, dtype=torch.long, device=self.device)  # made there: no host copy
@@ -491,7 +498,7 @@ class Engine:
                 on_token(len(tokens) - 1, tokens[-1], tokens)
             if tokens[-1] == eos or len(tokens) == max_new_tokens:
                 break
-            logits = decode_step(decode, cache, token, position, slot)
+            logits = decode_step(decode, cache, token, position, slot, span)
             cache.length += 1
             slot += 1
             position += 1
