@@ -3,7 +3,7 @@ and the typed manifest both sides read and write.
 
 Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `backbone/`, `adapter/`,
 `video_decoder/`, `vae/`) holding `weights.safetensors` and the files of its built stages (`<stage>.onnx`,
-`<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer and image processor). The manifest keeps the
+`<stage>.plan`, `<stage>.pt2`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer and image processor). The manifest keeps the
 raw key factors (`KeyFactors`), their hash (`key`), what each component was built as (`ComponentEntry`, one
 `StageEntry` per stage), and the sha256 and size of every file. A cache hit is a key match of a verified artifact,
 never a directory that exists.
@@ -53,11 +53,19 @@ def stage_file(component: str, stage: str, suffix: str) -> str:
     return f"{component}/{stage}{suffix}"
 
 
+# Import names whose distributions have other names (TensorRT ships as `tensorrt-cu13`, `tensorrt-cu12`, ...).
+_DISTRIBUTIONS = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings",
+                               "tensorrt-cu12-bindings"),
+                  "torch_tensorrt": ("torch-tensorrt",)}
+
+
 def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+    for name in _DISTRIBUTIONS.get(package, (package,)):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def toolchain() -> dict[str, str | None]:
@@ -141,11 +149,16 @@ class StageEntry:
     profile: dict[str, Any] = field(default_factory=dict)  # input -> [min, opt, max] shapes
     reason: str = ""  # why it runs eager in a non-eager build
     file: str | None = None  # its ONNX graph (onnx, tensorrt)
-    engine: str | None = None  # its TensorRT plan
+    engine: str | None = None  # its TensorRT plan, or its torch-tensorrt program
     fp8_scales: str | None = None  # its FP8 scales (Q/DQ graphs)
     fp8_layers: int = 0
     ort_vs_eager: dict[str, float] = field(default_factory=dict)  # relative L2 per output of the exported graph
     tensorrt_config: dict[str, Any] | None = None
+    # (issue 10) what the GPU backends add
+    buffers: dict[str, Any] | None = None  # the I/O buffer plan (names, dtypes, min/opt/max shapes) runners allocate
+    program: str | None = None  # its torch.export program (torch-tensorrt's input)
+    fp8_attention: str | None = None  # its FP8 attention / KV-cache scales
+    device_vs_eager: dict[str, float] = field(default_factory=dict)  # built stage vs eager, both on the GPU
 
     @property
     def built(self) -> bool:

@@ -27,7 +27,8 @@ class Backend(str, enum.Enum):
     EAGER = "eager"  # the eager modules themselves (the reference)
     COMPILE = "compile"  # torch.compile of the stage wrappers, compiled at load
     ONNX = "onnx"  # ONNX graphs run by ONNX Runtime
-    TENSORRT = "tensorrt"  # ONNX graphs built into TensorRT plans (GPU only)
+    TENSORRT = "tensorrt"  # ONNX graphs built into TensorRT plans, run by the native runner (GPU only)
+    TORCH_TENSORRT = "torch-tensorrt"  # torch.export programs compiled by Torch-TensorRT (GPU only)
 
     @classmethod
     def parse(cls, value: "str | Backend") -> "Backend":
@@ -65,9 +66,7 @@ class Requirement:
 
 
 _ALL_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
-_NOT_EXPORTABLE = {
-    "vision": "data-dependent shapes (grid_thw sets the window-attention layout via .item()): runs eager",
-}
+_GPU_PRECISIONS = {"cuda": (Precision.FP32, Precision.BF16, Precision.FP16, Precision.FP8)}
 
 
 @dataclass(frozen=True)
@@ -142,12 +141,11 @@ _ONNX_OPTIONS = {"opset": 20, "dynamo": True}
 REGISTRY: Mapping[Backend, BackendSpec] = MappingProxyType({
     Backend.EAGER: BackendSpec(
         Backend.EAGER, "eager", runner=None, devices=("cpu", "cuda"), toolchain=_TORCH, graphable=True,
-        precision_note="fp8 needs --backend onnx or tensorrt (Q/DQ graphs); eager would only simulate it on the "
-                       "CPU, slower than fp32"),
+        precision_note="fp8 needs --backend onnx, tensorrt or torch-tensorrt (Q/DQ graphs); eager would only "
+                       "simulate it on the CPU, slower than fp32"),
     Backend.COMPILE: BackendSpec(
         Backend.COMPILE, "torch.compile", runner="compile", devices=("cpu", "cuda"), toolchain=_TORCH,
-        skips={**_NOT_EXPORTABLE,
-               "prefill": "prompt and cached-prefix lengths vary per request (a fixed-shape compile would "
+        skips={"prefill": "prompt and cached-prefix lengths vary per request (a fixed-shape compile would "
                           "recompile for each): runs eager"},
         # no inductor CUDA graphs on a GPU: the engine captures the whole denoising loop as one graph itself
         options={"cpu": {"fullgraph": True, "dynamic": False, "mode": None},
@@ -157,7 +155,7 @@ REGISTRY: Mapping[Backend, BackendSpec] = MappingProxyType({
                        "CPU, slower than fp32"),
     Backend.ONNX: BackendSpec(
         Backend.ONNX, "ONNX Runtime", runner="onnx", devices=("cpu", "cuda"),
-        toolchain=_TORCH + ("onnx", "onnxruntime"), skips=_NOT_EXPORTABLE,
+        toolchain=_TORCH + ("onnx", "onnxruntime"),
         options={"cpu": _ONNX_OPTIONS, "cuda": _ONNX_OPTIONS},
         precisions={"cpu": (Precision.FP32, Precision.FP8),
                     "cuda": (Precision.FP32, Precision.BF16, Precision.FP16, Precision.FP8)},
@@ -165,13 +163,23 @@ REGISTRY: Mapping[Backend, BackendSpec] = MappingProxyType({
                        "Runtime CPU kernels: use --backend compile or eager for them",
         requirements=(Requirement("onnx", "onnx"), Requirement("onnxruntime", "onnx"),
                       Requirement("onnxscript", "onnx"))),
+    # ONNX graphs (strongly typed: precision from the graph's types and float8 Q/DQ nodes) -> one plan per stage,
+    # validated on the GPU against eager on the GPU; run by engine/runners/tensorrt.py on preallocated buffers
     Backend.TENSORRT: BackendSpec(
         Backend.TENSORRT, "TensorRT", runner="tensorrt", devices=("cuda",),
-        toolchain=_TORCH + ("onnx", "tensorrt"), skips=_NOT_EXPORTABLE,
-        options={"cuda": _ONNX_OPTIONS},
-        precisions={"cuda": (Precision.FP32, Precision.BF16, Precision.FP16, Precision.FP8)},
-        requirements=(Requirement("tensorrt", "tensorrt", min_major=10),), graphable=True,
-        fallback="Use `--backend onnx` on this machine."),
+        toolchain=_TORCH + ("onnx", "tensorrt"), options={"cuda": _ONNX_OPTIONS}, precisions=_GPU_PRECISIONS,
+        requirements=(Requirement("tensorrt", "tensorrt", min_major=10), Requirement("onnx", "tensorrt"),
+                      Requirement("onnxscript", "tensorrt")),
+        graphable=True, fallback="Use `--backend onnx` on this machine."),
+    # torch.export of each stage wrapper -> torch_tensorrt.dynamo.compile (explicit typing; FP8 from ModelOpt's
+    # quantized modules) -> saved and reloaded with torch_tensorrt; run like an eager module on the current stream
+    Backend.TORCH_TENSORRT: BackendSpec(
+        Backend.TORCH_TENSORRT, "Torch-TensorRT", runner="torch_tensorrt", devices=("cuda",),
+        toolchain=_TORCH + ("tensorrt", "torch_tensorrt", "nvidia-modelopt"),
+        options={"cuda": {"use_explicit_typing": True, "min_block_size": 1}}, precisions=_GPU_PRECISIONS,
+        requirements=(Requirement("torch_tensorrt", "tensorrt", min_major=2),
+                      Requirement("tensorrt", "tensorrt", min_major=10), Requirement("modelopt", "tensorrt")),
+        graphable=True, fallback="Use `--backend compile` on this machine."),
 })
 
 

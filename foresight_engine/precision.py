@@ -56,6 +56,9 @@ class PrecisionPolicy:
     vae: Precision
     keep_high: tuple[str, ...] = field(default=())
     high: Precision = Precision.BF16
+    # FP8 options of the attention (quantized Q/DQ around it; see builders/fp8_attention.py), behind the gate:
+    fp8_kv_cache: bool = False  # keys/values read by the backbone's attention in e4m3
+    fp8_attention: bool = False  # queries, keys, values and softmax probabilities in e4m3 (fp8 components)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -67,19 +70,33 @@ class PrecisionPolicy:
             raise ConfigError("precision policy: high=fp8 makes no sense (it is what sensitive layers avoid)")
         if not isinstance(self.keep_high, tuple):
             object.__setattr__(self, "keep_high", tuple(self.keep_high))
+        for name in ("fp8_kv_cache", "fp8_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"precision policy: {name} must be a bool, got {getattr(self, name)!r}")
+        if self.fp8_kv_cache and self.backbone != Precision.FP8:
+            raise ConfigError(f"precision policy: fp8_kv_cache needs the backbone in fp8 (it is {self.backbone.value})")
+        if self.fp8_attention and Precision.FP8 not in {self.of(c) for c in COMPONENTS}:
+            raise ConfigError("precision policy: fp8_attention needs an fp8 component (use --precision fp8)")
+
+    def fp8_attention_options(self, component: str) -> tuple[bool, bool]:
+        """(kv_cache, attention): the FP8 attention options that apply to `component`'s stages."""
+        fp8 = self.of(component) == Precision.FP8
+        return fp8 and self.fp8_kv_cache and component == "backbone", fp8 and self.fp8_attention
 
     @classmethod
-    def for_precision(cls, precision: "str | Precision", high: "str | Precision" = "bf16") -> "PrecisionPolicy":
+    def for_precision(cls, precision: "str | Precision", high: "str | Precision" = "bf16", *,
+                      fp8_kv_cache: bool = False, fp8_attention: bool = False) -> "PrecisionPolicy":
         """The default policy of a requested precision; `high` is what fp8 keeps its sensitive parts in."""
         p, high = Precision.parse(precision), Precision.parse(high)
         if p == Precision.FP16:
             # fp16 overflows in the VAE's decoder convolutions: keep it in fp32
-            return cls(p, p, p, p, Precision.FP32)
+            return cls(p, p, p, p, Precision.FP32, fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
         if p == Precision.FP8:
             # fp8 where the FLOPs are (the two transformers' Linears); vision, adapter, VAE and the sensitive
             # layers in `high`
-            return cls(high, p, high, p, high, keep_high=FP8_KEEP_HIGH, high=high)
-        return cls(p, p, p, p, p)
+            return cls(high, p, high, p, high, keep_high=FP8_KEEP_HIGH, high=high, fp8_kv_cache=fp8_kv_cache,
+                       fp8_attention=fp8_attention)
+        return cls(p, p, p, p, p, fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
 
     def of(self, component: str) -> Precision:
         if component not in COMPONENTS:
@@ -104,6 +121,8 @@ class PrecisionPolicy:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {c: self.of(c).value for c in COMPONENTS}
         out.update(keep_high=list(self.keep_high), high=self.high.value)
+        if self.fp8_kv_cache or self.fp8_attention:  # left out when off: the keys of other builds do not move
+            out.update(fp8_kv_cache=self.fp8_kv_cache, fp8_attention=self.fp8_attention)
         return out
 
     def to_json(self) -> str:

@@ -24,18 +24,21 @@ def test_every_backend_has_an_entry_and_a_runner_with_load():
 def test_lookups_replace_backend_strings():
     assert Backend.parse("onnx") is Backend.ONNX and Backend.ONNX.spec.takes("decode")
     assert not Backend.COMPILE.spec.takes("prefill") and Backend.COMPILE.spec.takes("decode")  # fixed-shape decode
-    assert not any(spec.takes("vision") for b, spec in REGISTRY.items() if b != Backend.EAGER)
+    assert all(spec.takes("vision") for spec in REGISTRY.values())  # host-computed window layout: fixed shapes
     assert Backend.COMPILE.spec.options_for("cpu")["mode"] is None
     assert "cudagraphs" in Backend.COMPILE.spec.options_for("cuda")["mode"]  # the engine graphs the loop itself
     assert Backend.ONNX.spec.options_for(torch.device("cpu")) == {"opset": 20, "dynamo": True}
     assert not Backend.ONNX.spec.graphable and Backend.TENSORRT.spec.graphable
-    with pytest.raises(ConfigError, match=r"'torch-tensorrt'.*\['eager', 'compile', 'onnx', 'tensorrt'\]"):
-        Backend.parse("torch-tensorrt")
+    assert Backend.parse("torch-tensorrt") is Backend.TORCH_TENSORRT and Backend.TORCH_TENSORRT.spec.graphable
+    assert Backend.TORCH_TENSORRT.spec.options_for("cuda")["use_explicit_typing"] is True
+    with pytest.raises(ConfigError, match=r"'tensorrt-llm'.*\['eager', 'compile', 'onnx', 'tensorrt', "
+                                          r"'torch-tensorrt'\]"):
+        Backend.parse("tensorrt-llm")
 
 
 def test_precisions_per_backend_and_device():
     fp8, bf16 = PrecisionPolicy.for_precision("fp8"), PrecisionPolicy.for_precision("bf16")
-    with pytest.raises(ConfigError, match="fp8 needs --backend onnx or tensorrt"):
+    with pytest.raises(ConfigError, match="fp8 needs --backend onnx, tensorrt or torch-tensorrt"):
         Backend.EAGER.spec.check_policy(fp8, "cpu")
     with pytest.raises(ConfigError, match="no ONNX Runtime CPU kernels"):
         Backend.ONNX.spec.check_policy(bf16, "cpu")
@@ -51,6 +54,9 @@ def test_missing_pieces_are_named_at_once():
     assert Backend.ONNX.spec.missing("cuda") == ["no CUDA device (torch.cuda.is_available() is False)"]
     with pytest.raises(BackendUnavailable, match=r"^TensorRT backend unavailable: no CUDA device.*--backend onnx"):
         Backend.TENSORRT.spec.require("cpu")
+    with pytest.raises(BackendUnavailable, match=r"^Torch-TensorRT backend unavailable: no CUDA device.*"
+                                                 r"`torch_tensorrt`.*--backend compile"):
+        Backend.TORCH_TENSORRT.spec.require("cuda")
 
 
 def test_stage_entries_round_trip_and_refuse_unknown_fields():

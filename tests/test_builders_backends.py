@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from foresight_engine.artifact import read_manifest
-from foresight_engine.builders import fp8
+from foresight_engine.builders import fp8, modelopt_fp8
 from foresight_engine.builders.accuracy import relative_l2
 from foresight_engine.builders.build import build
+from foresight_engine.builders.calibration import StageRecorder, calibration_batches
+from foresight_engine.builders.gate import STAGE_CALLS
+from foresight_engine.builders.probes import PROBE_PROMPTS, probe_images, probe_settings
 from foresight_engine.backends import Backend
 from foresight_engine.engine import Engine
 from foresight_engine.engine.artifact_loader import load_artifact
@@ -34,7 +37,9 @@ def shape(tiny) -> BuildShape:
 
 @pytest.fixture(scope="module")
 def onnx_fp32(tiny, tmp_path_factory):
-    return build(tiny, tmp_path_factory.mktemp("art") / "onnx_fp32", backend="onnx", precision="fp32")
+    # every stage, the vision tower too, for the test images' size (72x96: patch grid 2x4)
+    return build(tiny, tmp_path_factory.mktemp("art") / "onnx_fp32", backend="onnx", precision="fp32",
+                 shape=BuildShape.for_config(tiny.config, image_size=(72, 96)))
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +63,14 @@ def test_onnx_fp32_matches_eager(onnx_fp32, engine, image):
     assert acc.token_agreement == 1.0 and acc.frame_psnr >= 60
     manifest = read_manifest(onnx_fp32.directory)
     stages = manifest.stages
-    assert stages["vision"].backend == "eager" and "data-dependent" in stages["vision"].reason
-    built = ("prefill", "decode", "adapter", "denoise", "vae_decode")
+    built = ("vision", "prefill", "decode", "adapter", "denoise", "vae_decode")
     for name in built:
         assert stages[name].backend == "onnx" and (onnx_fp32.directory / stages[name].file).is_file()
         assert max(stages[name].ort_vs_eager.values()) < 1e-5
     loaded = Engine.load(onnx_fp32.directory)
     # one runner per built stage, called by the engine directly (the decode stage on the full KV buffer)
     assert dict(loaded.built.backends) == {name: Backend.ONNX for name in built}
-    assert all(isinstance(loaded.stages[name], OnnxStage) for name in built if name != "denoise")
+    assert all(isinstance(loaded.built.functions[name], OnnxStage) for name in built)
     assert loaded.velocity.step_for(None) is loaded.built.functions["denoise"]
     want, got = engine.predict(image, PROMPT, seed=5), loaded.predict(image, PROMPT, seed=5)
     assert got.token_ids == want.token_ids
@@ -82,6 +86,9 @@ def test_onnx_artifact_refuses_another_grid(onnx_fp32, image):
         loaded.prepare(image, PROMPT, guidance_scale=3.0)  # built without classifier-free guidance
     with pytest.raises(ArtifactError, match="rebuild needed: .*decode stage is built for a KV cache of 4096 slots"):
         Engine.load(onnx_fp32.directory, max_seq_len=100)  # the built decode step's buffers are fixed
+    with pytest.raises(ArtifactError, match=r"rebuild needed: .*vision stage is built for images of patch grid "
+                                            r"\(1, 2, 4\).*\[\(1, 4, 4\)\].*--image-size"):
+        loaded.prepare(np.zeros((64, 64, 3), np.uint8), PROMPT)  # a square image: another patch grid
 
 
 def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):
@@ -92,19 +99,26 @@ def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):
     graph = onnx.load(str(onnx_fp8.directory / entry.file))
     assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
     assert any(init.data_type == onnx.TensorProto.FLOAT8E4M3FN for init in graph.graph.initializer)
-    # calibration is deterministic: the default set's digest is the key factor
+    # calibrated on the probe requests' real stage inputs, every step of the trajectory; the set and the
+    # calibrator are the key factor
     spec = export_specs(tiny.config)["denoise"]
-    batches = [spec.sample_inputs(shape, seed=k) for k in range(4)]
-    assert manifest.factors.calibration_hash == fp8.batches_digest(batches)
+    batches = calibration_batches(tiny, [spec], shape, None)["denoise"]
+    assert len(batches) == 2 * tiny.config.generation.num_inference_steps
+    calibrator, digest = manifest.factors.calibration_hash.split(":", 1)
+    assert calibrator == ("modelopt" if modelopt_fp8.available() else "max") and digest == fp8.batches_digest(batches)
     module = spec.wrap(tiny, shape).eval()
     scales = fp8.Fp8Scales.load(onnx_fp8.directory / entry.fp8_scales)
     keeps_high = PrecisionPolicy.for_precision("fp8").keeps_high
     assert scales.digest() == fp8.calibrate(module, batches, skip=lambda name, layer: keeps_high(name)).digest()
-    # the reported denoise error equals a direct computation: simulated fp8 stage vs fp32 on the probe inputs
-    probe = spec.sample_inputs(shape, seed=2)
+    # the reported denoise error equals a direct computation: the simulated fp8 stage vs fp32 on the stage inputs
+    # of the gate's probe requests
+    recorder = StageRecorder(tiny, [spec], shape, limit=STAGE_CALLS)
+    for image, prompt in zip(probe_images(shape), PROBE_PROMPTS):
+        recorder.predict(image, prompt, **probe_settings(shape))
+    simulated = fp8.apply_fp8_simulation(spec.wrap(GLPModel.from_preset("tiny", 0), shape).eval(), scales)
     with torch.inference_mode():
-        direct = relative_l2(fp8.apply_fp8_simulation(spec.wrap(GLPModel.from_preset("tiny", 0), shape).eval(),
-                                                      scales)(*probe), module(*probe))
+        direct = relative_l2(torch.cat([simulated(*b).reshape(-1) for b in recorder.inputs["denoise"]]),
+                             torch.cat([module(*b).reshape(-1) for b in recorder.inputs["denoise"]]))
     reported = {c.name: c for c in onnx_fp8.accuracy.components}["denoise"].relative_l2
     assert 1e-4 < reported < 0.15  # really quantized, and within fp8's tolerance
     assert reported == pytest.approx(direct, abs=5e-3)  # ORT's Q/DQ graph vs the torch simulation, as above

@@ -1,5 +1,5 @@
-"""TensorRT layer on the CPU: the capability check (the registry's, shared by the builder and the runner), the
-build config, the timing-cache key."""
+"""TensorRT layer on the CPU: the capability check (the registry's, shared by the builder and the runners), the
+build config (strongly typed: no precision flags), the timing-cache key."""
 import sys
 import types
 
@@ -13,7 +13,8 @@ from foresight_engine.builders.tensorrt import (
     timing_cache_key,
     timing_cache_path,
 )
-from foresight_engine.engine.runners.tensorrt import TensorRTRunner, require_tensorrt
+from foresight_engine.engine.runners.buffers import BufferPlan
+from foresight_engine.engine.runners.tensorrt import TensorRTStage, require_tensorrt
 from foresight_engine.errors import BackendUnavailable, ConfigError
 
 PROFILE = {"latents": ((1, 64, 128), (1, 256, 128), (2, 1024, 128)), "timestep": ((1,), (1,), (2,))}
@@ -30,7 +31,7 @@ def _fake_tensorrt(monkeypatch, version: str | None, cuda: bool) -> None:
 def test_capability_check_names_everything_missing(monkeypatch, tmp_path):
     _fake_tensorrt(monkeypatch, None, cuda=False)
     for call in (require_tensorrt, lambda: build_engine("m.onnx", TensorRTBuildConfig(), tmp_path / "e.plan"),
-                 lambda: TensorRTRunner(tmp_path / "e.plan")):
+                 lambda: TensorRTStage(tmp_path / "e.plan", BufferPlan((), ()))):
         with pytest.raises(BackendUnavailable) as exc:
             call()
         msg = str(exc.value)
@@ -55,10 +56,7 @@ def test_config_json_round_trip_and_profile_from_dict():
     assert profile.inputs[0].opt == (1, 256, 128) and profile.inputs[1].max == (2,)
     again = TensorRTBuildConfig.from_json(config.to_json())
     assert again == config and again.to_dict() == config.to_dict()
-    weak = TensorRTBuildConfig(strongly_typed=False, fp16=True, fp8=True)
-    assert weak.precision_flags == ("FP16", "FP8")
-    assert TensorRTBuildConfig.from_json(weak.to_json()) == weak
-    assert TensorRTBuildConfig().precision_flags == ()
+    assert set(config.to_dict()) == {"profiles", "workspace_bytes", "optimization_level"}  # no precision flags
 
 
 @pytest.mark.parametrize(
@@ -81,10 +79,8 @@ def test_profile_validation_names_the_bad_value(shapes, match):
     ("kwargs", "match"),
     [
         ({"profiles": "xy"}, "OptimizationProfile"),
-        ({"fp16": True}, r"\['fp16'\].*strongly_typed"),
         ({"workspace_bytes": 0}, "workspace_bytes"),
         ({"optimization_level": 7}, "optimization_level"),
-        ({"strongly_typed": "yes"}, "strongly_typed"),
     ],
 )
 def test_config_validation_names_the_bad_value(kwargs, match):
@@ -99,8 +95,9 @@ def test_profiles_must_cover_the_same_inputs():
 
 
 def test_config_from_dict_refuses_unknown_keys_and_bad_profiles():
-    with pytest.raises(ConfigError, match="fp4"):
-        TensorRTBuildConfig.from_dict({"fp4": True})
+    for flag in ("fp16", "fp8", "strongly_typed"):  # TensorRT 11 has no precision flags: refused, naming why
+        with pytest.raises(ConfigError, match=rf"\['{flag}'\].*strongly typed"):
+            TensorRTBuildConfig.from_dict({flag: True})
     with pytest.raises(ConfigError, match="min/opt/max"):
         OptimizationProfile.from_dict({"x": {"min": [1], "max": [2]}})
     with pytest.raises(ConfigError, match=r"\(min, opt, max\)"):

@@ -1,8 +1,9 @@
 """`build()`: a model source -> an artifact directory (`artifact.py`) the engine loads with `Engine.load(DIR)`.
 
-Order: capability check (fails at once) -> load the fp32 reference -> resolve the plan and its key -> cache
-lookup under a file lock -> write weights / ONNX / FP8 scales into a temp dir -> accuracy gate through the
-engine's loader -> manifest last -> rename into place.
+Order: capability check (fails at once) -> load the fp32 reference -> FP8 calibration sets (real requests' stage
+inputs) -> resolve the plan and its key -> cache lookup under a file lock -> write weights / graphs / programs /
+plans / FP8 scales into a temp dir -> accuracy gate through the engine's loader, on the target device against the
+reference on that device -> manifest last -> rename into place.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..backends import Backend
 from ..device import resolve_device
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
+from ..errors import ConfigError
 from ..precision import Precision, PrecisionPolicy, apply_policy
 from . import fp8
 from .accuracy import AccuracyReport, AccuracyThresholds
@@ -26,6 +28,7 @@ from .calibration import CalibrationSample, calibration_batches
 from .exporters import write_stages, write_weights
 from .gate import enforce, measure
 from .plan import BuildPlan, resolve_plan
+from .quantization import StageQuantization, calibrate_stage, resolve_calibrator
 from .source import ModelSource, weights_hash
 
 log = logging.getLogger(__name__)
@@ -50,16 +53,21 @@ def check_backend_available(backend: str | Backend, device: str) -> None:
     resolve_device(device)
 
 
-def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str | Backend,
-                   device: str) -> PrecisionPolicy:
+def resolve_policy(precision: str | Precision | PrecisionPolicy, backend: str | Backend, device: str, *,
+                   fp8_kv_cache: bool = False, fp8_attention: bool = False) -> PrecisionPolicy:
     """The policy to build: the requested precision's default policy, with fp8's sensitive layers kept in what
     the backend runs on `device` (fp32 on ONNX Runtime's CPU provider); refused when the backend cannot run it."""
-    spec = Backend.parse(backend).spec
+    backend = Backend.parse(backend)
+    spec = backend.spec
     if isinstance(precision, PrecisionPolicy):
         policy = precision
     else:
-        policy = PrecisionPolicy.for_precision(precision, high=spec.high_precision(device))
+        policy = PrecisionPolicy.for_precision(precision, high=spec.high_precision(device), fp8_kv_cache=fp8_kv_cache,
+                                               fp8_attention=fp8_attention)
     spec.check_policy(policy, device)
+    if (policy.fp8_kv_cache or policy.fp8_attention) and backend not in (Backend.ONNX, Backend.TENSORRT):
+        raise ConfigError(f"--fp8-kv-cache/--fp8-attention put Q/DQ nodes around the attention of ONNX graphs: use "
+                          f"--backend onnx or tensorrt, not {backend.value}")
     return policy
 
 
@@ -67,19 +75,28 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
           precision: str | Precision | PrecisionPolicy = "fp32", shape: BuildShape | None = None,
           steps: int | None = None, calibration: list[CalibrationSample] | None = None, gate: bool = True,
           thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False,
-          stages: tuple[str, ...] | None = None) -> BuildResult:
-    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring."""
+          stages: tuple[str, ...] | None = None, fp8_calibrator: str = "auto", fp8_kv_cache: bool = False,
+          fp8_attention: bool = False) -> BuildResult:
+    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring.
+
+    FP8: `calibration` (default: the accuracy probes' requests, run through the reference engine) gives each fp8
+    stage's inputs across the whole denoising trajectory; `fp8_calibrator` `auto` uses NVIDIA ModelOpt where it is
+    installed, else the project's max calibrator (`modelopt` / `max` to choose); `fp8_kv_cache` / `fp8_attention`
+    quantize the attention too (ONNX / TensorRT graphs), held to the same gate."""
     start = time.perf_counter()
     check_backend_available(backend, device)
-    policy = resolve_policy(precision, backend, device)
+    policy = resolve_policy(precision, backend, device, fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
     reference = source if isinstance(source, GLPModel) else source.load()
-    if reference.device.type != "cpu":  # export, calibration and ONNX checks run on the CPU; `device` is the target
+    if reference.device.type != "cpu":  # export and calibration run on the CPU; `device` is the target
         reference = copy.deepcopy(reference).to("cpu")
     shape = shape or BuildShape.for_config(reference.config)
     fp8_stages = [s for s in export_specs(reference.config).values()
                   if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
+    calibrator = resolve_calibrator(fp8_calibrator) if fp8_stages else None
     batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
-    calib_hash = fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage]) if batches else None
+    calib_hash = None
+    if batches:  # the calibrator is part of what the scales depend on
+        calib_hash = f"{calibrator}:" + fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage])
     plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash, stages)
     out_dir = Path(out_dir)
     if dry_run:
@@ -91,8 +108,8 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
         model = copy.deepcopy(reference)
         apply_policy(model.components(), policy)
         write_weights(model, tmp)
-        scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
-        stages = write_stages(model, plan, tmp, scales)
+        quantized = _calibrate(model, fp8_stages, shape, batches, policy, calibrator)
+        stages = write_stages(model, plan, tmp, quantized)
         components = {name: ComponentEntry(policy.of(name).value, stages[name]) for name in model.components()}
         manifest = Manifest(plan.key, plan.factors, components)
         manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
@@ -117,16 +134,15 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
 
 
 def _calibrate(model: GLPModel, stages, shape: BuildShape, batches: dict[str, list], policy: PrecisionPolicy,
-               out: Path) -> dict[str, Any]:
-    """FP8 scales per stage (saved as `<component>/<stage>.fp8.safetensors`), calibrated on the stage wrapper so
-    the layer names match the exported graph; layers the policy keeps high are skipped."""
-    scales = {}
+               calibrator: str | None) -> dict[str, StageQuantization]:
+    """FP8 data per stage, calibrated on the stage wrapper (in its build precision) so the layer names match the
+    exported graph; layers the policy keeps high are skipped."""
+    quantized = {}
     for spec in stages:
-        module = spec.wrap(model, shape).eval()
-        stage_scales = fp8.calibrate(module, batches[spec.name], skip=lambda name, layer: policy.keeps_high(name))
-        stage_scales.save(out / spec.component / f"{spec.name}.fp8.safetensors")
-        scales[spec.name] = stage_scales
-    return scales
+        kv_cache, attention = policy.fp8_attention_options(spec.component)
+        quantized[spec.name] = calibrate_stage(spec.wrap(model, shape).eval(), batches[spec.name], policy.keep_high,
+                                               calibrator=calibrator, kv_cache=kv_cache, attention=attention)
+    return quantized
 
 
 __all__ = ["BuildResult", "build", "resolve_policy"]

@@ -1,5 +1,7 @@
-"""FP8 calibration sets: each stage's inputs, from its seeded sample inputs (default) or recorded at the stage
-boundary while the fp32 reference engine runs user images and prompts (`--calib IMAGE:PROMPT`).
+"""FP8 calibration sets: each stage's inputs, recorded at the stage boundary while the fp32 reference engine runs
+real requests: by default the accuracy probes' requests (their images at the built image size and prompts, with
+another noise seed), or the user's images and prompts (`--calib IMAGE:PROMPT`). Never random embeddings at one
+timestep: the denoising step is recorded at EVERY step of the trajectory (its inputs drift from noise to clean).
 
 Recording wraps the very stage functions the engine calls (the engine runs the stage wrappers builders export),
 so every call is seen whatever path the runtime takes: the denoising step at every step of the trajectory (the
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from ..backends import Backend
@@ -21,8 +24,8 @@ from ..engine.runners import BuiltStages
 from ..errors import CalibrationError
 from ..models.export_spec import BuildShape, ExportSpec
 from ..models.glp import GLPModel
+from .probes import CALIBRATION_SEED, PROBE_PROMPTS, probe_images, probe_settings
 
-DEFAULT_BATCHES = 4  # sample-input seeds 0..3
 DECODE_STEPS_PER_SAMPLE = 16  # each decode step's batch holds the cache so far: bound the set's size
 
 Batch = tuple[torch.Tensor, ...]
@@ -30,7 +33,7 @@ Batch = tuple[torch.Tensor, ...]
 
 @dataclass(frozen=True)
 class CalibrationSample:
-    image: Path
+    image: Path | np.ndarray  # a file, or uint8 [H, W, 3]
     prompt: str
 
     @classmethod
@@ -42,45 +45,56 @@ class CalibrationSample:
         return cls(Path(image), prompt)
 
 
-def _snapshot(stage: str, inputs: Batch) -> Batch:
-    """A stage call's inputs, copied; a decode step keeps only the filled cache slots (the rest is masked)."""
-    if stage == "decode":
+def _snapshot(stage: str, inputs: Batch, trim: bool) -> Batch:
+    """A stage call's inputs, copied; with `trim`, a decode step keeps only the filled cache slots (the rest is
+    masked: calibration need not see it)."""
+    if trim and stage == "decode":
         token_ids, position, keys, values, slot = inputs
         n = int(slot)
         inputs = (token_ids, position, keys[:, :, :, :n], values[:, :, :, :n], slot)
     return tuple(x.detach().clone() for x in inputs)
 
 
-def _recording(stage: str, function: Callable, into: list[Batch], seen: dict[str, int]) -> Callable:
-    """`function`, recording its inputs into `into` (`seen` counts this sample's calls; reset per sample)."""
-    def recorded(*inputs: torch.Tensor):
-        seen[stage] = seen.get(stage, 0) + 1
-        if stage != "decode" or seen[stage] <= DECODE_STEPS_PER_SAMPLE:
-            into.append(_snapshot(stage, inputs))
-        return function(*inputs)
-    return recorded
+class StageRecorder:
+    """The reference model in an engine whose stage functions record their inputs: `predict` like an engine;
+    `inputs[stage]` holds up to `limit[stage]` calls per request (all when absent) of every stage in `specs`."""
+
+    def __init__(self, reference: GLPModel, specs: list[ExportSpec], shape: BuildShape, *, trim: bool = False,
+                 limit: Mapping[str, int] | None = None):
+        self.inputs: dict[str, list[Batch]] = {s.name: [] for s in specs}
+        self._seen: dict[str, int] = {}
+        self._trim, self._limit = trim, dict(limit or {})
+        functions = {s.name: self._recording(s.name, s.wrap(reference, shape).eval()) for s in specs}
+        self.engine = Engine(reference, built=BuiltStages(functions, shape, {name: Backend.EAGER for name in functions}))
+
+    def _recording(self, stage: str, function: Callable) -> Callable:
+        def recorded(*inputs: torch.Tensor):
+            self._seen[stage] = self._seen.get(stage, 0) + 1
+            if self._seen[stage] <= self._limit.get(stage, self._seen[stage]):
+                self.inputs[stage].append(_snapshot(stage, inputs, self._trim))
+            return function(*inputs)
+        return recorded
+
+    def predict(self, image, prompt: str, **settings):
+        self._seen.clear()  # the limits are per request
+        return self.engine.predict(image, prompt, **settings)
 
 
 def calibration_batches(reference: GLPModel, stages: list[ExportSpec], shape: BuildShape,
                         samples: list[CalibrationSample] | None) -> dict[str, list[Batch]]:
-    """{stage: [input tuples]} for every stage in `stages`."""
+    """{stage: [input tuples]} for every stage in `stages`, recorded while the reference runs `samples` (default:
+    the accuracy probes' requests, with the calibration seed)."""
     if not samples:
-        return {s.name: [s.sample_inputs(shape, seed=k) for k in range(DEFAULT_BATCHES)] for s in stages}
-    captured: dict[str, list[Batch]] = {s.name: [] for s in stages}
-    seen: dict[str, int] = {}
-    functions = {s.name: _recording(s.name, s.wrap(reference, shape).eval(), captured[s.name], seen)
-                 for s in stages}
-    engine = Engine(reference, built=BuiltStages(functions, shape, {name: Backend.EAGER for name in functions}))
+        samples = [CalibrationSample(image, prompt) for image, prompt in zip(probe_images(shape), PROBE_PROMPTS)]
+    recorder = StageRecorder(reference, stages, shape, trim=True, limit={"decode": DECODE_STEPS_PER_SAMPLE})
     for sample in samples:
-        seen.clear()
-        engine.predict(str(sample.image), sample.prompt, height=shape.height, width=shape.width,
-                       num_frames=shape.num_frames, frame_rate=shape.frame_rate,
-                       guidance_scale=2.0 if shape.guidance else 1.0)
-    empty = sorted(name for name, batches in captured.items() if not batches)
+        image = sample.image if isinstance(sample.image, np.ndarray) else str(sample.image)
+        recorder.predict(image, sample.prompt, **probe_settings(shape, seed=CALIBRATION_SEED))
+    empty = sorted(name for name, batches in recorder.inputs.items() if not batches)
     if empty:
-        raise CalibrationError(f"calibration samples {[str(s.image) for s in samples]} reached no call of stage(s) "
+        raise CalibrationError(f"calibration samples {[s.prompt for s in samples]} reached no call of stage(s) "
                                f"{empty} (e.g. an answer of one token never runs a decode step)")
-    return captured
+    return recorder.inputs
 
 
-__all__ = ["CalibrationSample", "DECODE_STEPS_PER_SAMPLE", "calibration_batches"]
+__all__ = ["CalibrationSample", "DECODE_STEPS_PER_SAMPLE", "StageRecorder", "calibration_batches"]

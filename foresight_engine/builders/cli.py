@@ -24,8 +24,19 @@ def add_parsers(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) 
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int, help="denoising steps of the end-to-end accuracy probes")
     p.add_argument("--guidance", action="store_true", help="build the denoising step for classifier-free guidance")
+    p.add_argument("--image-size", type=_size, metavar="HxW",
+                   help="input images the vision stage is built for (default: the video's size)")
+    p.add_argument("--prompt-tokens", type=int,
+                   help="typical prompt length, images included: the prefill's TensorRT `opt` shape (default: one "
+                        "image of --image-size + a one-sentence prompt)")
     p.add_argument("--calib", action="append", default=[], metavar="IMAGE:PROMPT",
-                   help="FP8 calibration sample (repeat); default: the stages' seeded sample inputs")
+                   help="FP8 calibration request (repeat); default: the accuracy probes' requests")
+    p.add_argument("--fp8-calibrator", choices=["auto", "modelopt", "max"], default="auto",
+                   help="FP8 calibration: NVIDIA ModelOpt (auto: where installed) or the project's max calibrator")
+    p.add_argument("--fp8-kv-cache", action="store_true",
+                   help="FP8: keys/values read by the backbone's attention in e4m3 (onnx/tensorrt; gated)")
+    p.add_argument("--fp8-attention", action="store_true",
+                   help="FP8: attention (q, k, v, softmax) in e4m3 in the fp8 components (onnx/tensorrt; gated)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--stages", help="comma-separated stages the backend builds (default: all it can); "
                                     "vision, prefill, decode, adapter, denoise, vae_decode")
@@ -39,6 +50,13 @@ def add_parsers(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) 
     p.add_argument("directory", type=Path)
     p.add_argument("--json", action="store_true", help="print the raw manifest")
     p.set_defaults(func=_inspect)
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit() or int(height) < 1 or int(width) < 1:
+        raise argparse.ArgumentTypeError(f"--image-size {text!r} must be HxW in pixels, e.g. 512x768")
+    return int(height), int(width)
 
 
 def _thresholds(args, precision: str):
@@ -63,13 +81,16 @@ def _build(args) -> int:
     source = ModelSource(preset=None if real else (args.preset or "tiny"), seed=args.seed_weights, vlm=args.vlm,
                          decoder=args.decoder, glue=args.glue, lora=args.lora)
     model = source.load()
-    shape = BuildShape.for_config(model.config, args.height, args.width, args.frames)
+    shape = BuildShape.for_config(model.config, args.height, args.width, args.frames, image_size=args.image_size,
+                                  prompt_tokens=args.prompt_tokens)
     if args.guidance:
         shape = BuildShape(**{**shape.to_dict(), "guidance": True})
     result = build(model, args.out, backend=args.backend, precision=args.precision, shape=shape, steps=args.steps,
                    calibration=[CalibrationSample.parse(c) for c in args.calib] or None, gate=not args.no_gate,
                    thresholds=_thresholds(args, args.precision), device=args.device, dry_run=args.dry_run,
-                   stages=tuple(args.stages.split(",")) if args.stages else None)
+                   stages=tuple(args.stages.split(",")) if args.stages else None,
+                   fp8_calibrator=args.fp8_calibrator, fp8_kv_cache=args.fp8_kv_cache,
+                   fp8_attention=args.fp8_attention)
     if args.dry_run:
         print(result.plan.describe(cache_hit=result.cache_hit))
         return 0

@@ -2,8 +2,16 @@
 
 Every artifact holds each component's weights (in the component's precision) and the processor; `eager` and
 `compile` add nothing (compile's options are in the manifest: the engine compiles at load). `EXPORTERS[backend]`
-writes a built stage's files and returns its `StageEntry`: `onnx` an `<stage>.onnx` graph checked against the eager
-stage in ONNX Runtime (with float8 Q/DQ nodes under FP8); `tensorrt` that graph plus a TensorRT plan.
+writes a built stage's files and returns its `StageEntry`. One `torch.export` per stage feeds all of them:
+- `onnx`: `<stage>.onnx` (torch.onnx from the exported program; float8 Q/DQ under FP8), checked in ONNX Runtime on
+  the CPU against the eager stage (FP8-simulated when quantized);
+- `tensorrt`: the same graph, built into `<stage>.plan` (strongly typed: precision from the graph's types and Q/DQ
+  nodes; one optimization profile from the stage's ExportSpec with `opt` at the built request shape), then checked
+  ON THE GPU against the eager stage on the GPU (ONNX Runtime's CPU provider has no bf16 kernels and is not what
+  runs);
+- `torch-tensorrt`: the program saved as `<stage>.pt2`, compiled by Torch-TensorRT into `<stage>.trt.pt2`, checked
+  on the GPU the same way.
+Every exported stage's entry carries its I/O buffer plan (`engine/runners/buffers.py`), which the graph must match.
 """
 from __future__ import annotations
 
@@ -16,22 +24,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.export import Dim
+from torch import nn
 
 from ..artifact import PROCESSOR_DIR, StageEntry, stage_file, weights_file
 from ..backends import Backend
+from ..engine.runners.buffers import BufferPlan
 from ..engine.runners.onnx import OnnxStage
 from ..models.export_spec import ExportSpec, export_specs
 from ..models.glp import GLPModel
 from ..models.weights import save_safetensors
-from . import fp8, tensorrt
+from . import fp8, tensorrt, torch_tensorrt
 from .accuracy import relative_l2
+from .fp8_attention import CUSTOM_TRANSLATIONS, Fp8AttentionStage
+from .onnx_io import graph_io, save_onnx
 from .plan import BuildPlan, StagePlan
+from .quantization import StageQuantization
 
 log = logging.getLogger(__name__)
 
 # TensorRT timing caches live outside artifacts (reused across builds); their name carries TensorRT version + SM.
 TIMING_CACHE_DIR = Path.home() / ".cache" / "foresight-engine" / "tensorrt"
+CHECK_SEED = 1  # sample inputs of the export checks (calibration uses real requests, the gate seed 2)
 
 
 def write_weights(model: GLPModel, out: Path) -> None:
@@ -42,20 +55,14 @@ def write_weights(model: GLPModel, out: Path) -> None:
         save_safetensors(module.state_dict(), out / weights_file(name), {"component": name})
 
 
-def _dynamic_shapes(spec: ExportSpec) -> tuple[Any, ...]:
-    """torch.export dynamic shapes from the spec's named dynamic axes (one Dim object per axis name)."""
-    dims: dict[str, Any] = {}
-    return tuple({axis: dims.setdefault(label, Dim.DYNAMIC) for axis, label in spec.dynamic_axes[n].items()}
-                 if n in spec.dynamic_axes else None for n in spec.input_names)
-
-
 @contextlib.contextmanager
 def _quiet(*loggers: str):
     saved = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporters are chatty
+            yield
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
@@ -63,83 +70,167 @@ def _quiet(*loggers: str):
 
 @dataclasses.dataclass(frozen=True)
 class ExportJob:
-    """One stage to export: the model (in its build precision), its spec and plan, where to write, its FP8 scales."""
+    """One stage to export: the model (in its build precision), its spec and plan, where to write, its FP8 data."""
 
     model: GLPModel
     spec: ExportSpec
     stage: StagePlan
     plan: BuildPlan
     out: Path
-    scales: fp8.Fp8Scales | None = None
+    quantization: StageQuantization | None = None
 
     @property
     def cache_dtype(self) -> torch.dtype:
         return self.plan.policy.dtype(self.spec.component)
 
+    def module(self) -> nn.Module:
+        """The eager stage wrapper over the build's weights."""
+        return self.spec.wrap(self.model, self.plan.shape).eval()
 
-def export_onnx(job: ExportJob, entry: StageEntry) -> StageEntry:
-    """Export one stage with torch.onnx (dynamo); with FP8 scales, insert float8 Q/DQ in front of the calibrated
-    Linears. Then run it in ONNX Runtime on fresh sample inputs against the eager stage (FP8-simulated when
-    quantized: the two must agree to fp32 rounding)."""
-    spec, shape = job.spec, job.plan.shape
-    module = spec.wrap(job.model, shape).eval()
-    rel = stage_file(spec.component, spec.name, ".onnx")
-    path = job.out / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()), _quiet("onnx_ir", "onnxscript"):  # the exporter is chatty
-        torch.onnx.export(module, spec.sample_inputs(shape, cache_dtype=job.cache_dtype), str(path),
-                          input_names=list(spec.input_names), output_names=list(spec.output_names), dynamo=True,
-                          dynamic_shapes=_dynamic_shapes(spec), opset_version=job.plan.factors.options["opset"],
-                          external_data=False)
-    changes: dict[str, Any] = {"file": rel}
-    if job.scales is not None:
-        fp8.insert_qdq(path, job.scales, out_path=path)
-        module = fp8.apply_fp8_simulation(copy.deepcopy(module), job.scales)
-        changes.update(fp8_scales=stage_file(spec.component, spec.name, ".fp8.safetensors"),
-                       fp8_layers=len(job.scales))
-    check = spec.sample_inputs(shape, seed=1, cache_dtype=job.cache_dtype)
-    with torch.inference_mode():
-        expected = module(*check)
-    got = OnnxStage(path, quantized=job.scales is not None)(*check)
-    expected, got = (x if isinstance(x, tuple) else (x,) for x in (expected, got))
-    changes["ort_vs_eager"] = {name: relative_l2(g, e.float()) for name, g, e in
-                               zip(spec.output_names, got, expected) if e.is_floating_point()}
-    log.info("exported %s -> %s; ONNX Runtime vs eager relative L2 %s", spec.name, rel, changes["ort_vs_eager"])
+    def exportable(self) -> nn.Module:
+        return self.quantization.exportable(self.module()) if self.quantization else self.module()
+
+    def reference(self) -> nn.Module:
+        """What the built stage must compute: the eager stage, FP8-simulated when quantized."""
+        return self.quantization.simulated(self.module()) if self.quantization else self.module()
+
+    def sample_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        return self.spec.sample_inputs(self.plan.shape, seed=seed, cache_dtype=self.cache_dtype)
+
+    def file(self, suffix: str) -> str:
+        return stage_file(self.spec.component, self.spec.name, suffix)
+
+    def export(self) -> torch.export.ExportedProgram:
+        module, dynamic = self.exportable(), self.spec.dynamic_shapes()
+        if isinstance(module, Fp8AttentionStage):
+            dynamic = (dynamic,)  # its forward takes *inputs: one entry holding every input's axes
+        with torch.no_grad():
+            return torch.export.export(module, self.sample_inputs(), dynamic_shapes=dynamic, strict=False)
+
+
+def buffer_plan(job: ExportJob) -> BufferPlan:
+    return BufferPlan.for_stage(job.spec, job.reference(), job.plan.shape, job.cache_dtype)
+
+
+def _entry_with_plan(job: ExportJob, entry: StageEntry, buffers: BufferPlan) -> StageEntry:
+    """The entry with the stage's buffer plan and its FP8 scale files."""
+    changes: dict[str, Any] = {"buffers": buffers.to_dict()}
+    if job.quantization is not None:
+        changes |= job.quantization.save(job.out, job.spec.component, job.spec.name)
     return dataclasses.replace(entry, **changes)
 
 
+def write_graph(job: ExportJob, entry: StageEntry) -> StageEntry:
+    """`<stage>.onnx` from the stage's exported program (opset from the plan's options), float8 Q/DQ in front of
+    the calibrated Linears under FP8, written once (`save_onnx`: a fresh external data file for large graphs)."""
+    rel = job.file(".onnx")
+    with _quiet("onnx_ir", "onnxscript"):
+        program = torch.onnx.export(job.export(), (), input_names=list(job.spec.input_names),
+                                    output_names=list(job.spec.output_names), dynamo=True,
+                                    opset_version=job.plan.factors.options["opset"],
+                                    custom_translation_table=CUSTOM_TRANSLATIONS)
+    model = program.model_proto
+    if job.quantization is not None:
+        fp8.insert_qdq(model, job.quantization.scales, prefix=job.quantization.prefix, inplace=True)
+    buffers = buffer_plan(job)
+    buffers.check(graph_io(model), f"the exported graph of stage {job.spec.name}")  # what the GPU runner allocates
+    save_onnx(model, job.out / rel)
+    return dataclasses.replace(_entry_with_plan(job, entry, buffers), file=rel)
+
+
+def compare(job: ExportJob, function: Callable, device: torch.device | str) -> dict[str, float]:
+    """Relative L2 per floating output of `function` against the job's reference, both on `device`, on fresh
+    sample inputs."""
+    device = torch.device(device)
+    reference = job.reference() if device.type == "cpu" else copy.deepcopy(job.reference()).to(device)
+    inputs = tuple(x.to(device) for x in job.sample_inputs(seed=CHECK_SEED))
+    with torch.inference_mode():
+        expected, got = reference(*inputs), function(*inputs)
+    expected, got = (x if isinstance(x, (tuple, list)) else (x,) for x in (expected, got))
+    return {name: relative_l2(g.float().cpu(), e.float().cpu())
+            for name, g, e in zip(job.spec.output_names, got, expected) if e.is_floating_point()}
+
+
+def export_onnx(job: ExportJob, entry: StageEntry) -> StageEntry:
+    """The graph, run in ONNX Runtime on the CPU against the eager stage (the two agree to fp32 rounding)."""
+    entry = write_graph(job, entry)
+    session = OnnxStage(job.out / entry.file, quantized=job.quantization is not None)
+    entry = dataclasses.replace(entry, ort_vs_eager=compare(job, session, "cpu"))
+    log.info("exported %s -> %s; ONNX Runtime vs eager relative L2 %s", job.spec.name, entry.file, entry.ort_vs_eager)
+    return entry
+
+
+def _gpu(job: ExportJob) -> torch.device:
+    return torch.device(job.plan.factors.device.get("type", "cuda"))
+
+
 def export_tensorrt(job: ExportJob, entry: StageEntry) -> StageEntry:
-    """The ONNX graph, then a strongly typed TensorRT plan from it (precision from the graph's types and its
-    float8 Q/DQ nodes). GPU only."""
-    entry = export_onnx(job, entry)
+    """The graph, then a strongly typed TensorRT plan from it (GPU), checked on the GPU against eager on the GPU."""
+    from ..engine.runners.tensorrt import SHARED_OUTPUTS, TensorRTStage
+    entry = write_graph(job, entry)
     config = tensorrt.TensorRTBuildConfig.from_profile(job.stage.profile)
-    rel = stage_file(job.spec.component, job.spec.name, ".plan")
+    rel = job.file(".plan")
     tensorrt.build_engine(job.out / entry.file, config, job.out / rel, timing_cache_dir=TIMING_CACHE_DIR)
-    return dataclasses.replace(entry, engine=rel, tensorrt_config=config.to_dict())
+    stage = TensorRTStage(job.out / rel, BufferPlan.from_dict(entry.buffers), _gpu(job),
+                          shared_outputs=job.spec.name in SHARED_OUTPUTS)
+    entry = dataclasses.replace(entry, engine=rel, tensorrt_config=config.to_dict(),
+                                device_vs_eager=compare(job, stage, _gpu(job)))
+    log.info("built %s -> %s; TensorRT vs eager (GPU) relative L2 %s", job.spec.name, rel, entry.device_vs_eager)
+    return entry
+
+
+def write_program(job: ExportJob, entry: StageEntry) -> StageEntry:
+    """`<stage>.pt2`: the stage's torch.export program (ModelOpt's quantized copy under FP8), reloadable on the
+    CPU with `torch.export.load`."""
+    rel = job.file(".pt2")
+    module = job.module()
+    if job.quantization is not None:  # ModelOpt's fake-quantized copy: Torch-TensorRT makes its quantizers FP8
+        from . import modelopt_fp8
+        module = modelopt_fp8.with_scales(module, job.quantization.scales)
+    torch_tensorrt.export_program(module, job.spec, job.sample_inputs(), job.out / rel,
+                                  modelopt=job.quantization is not None)
+    return dataclasses.replace(_entry_with_plan(job, entry, buffer_plan(job)), program=rel)
+
+
+def export_torch_tensorrt(job: ExportJob, entry: StageEntry) -> StageEntry:
+    """The program, compiled by Torch-TensorRT (GPU), checked on the GPU against eager on the GPU."""
+    from ..engine.runners.torch_tensorrt import load_program
+    entry = write_program(job, entry)
+    rel = job.file(".trt.pt2")
+    options = {k: v for k, v in job.plan.factors.options.items() if k != "stage_backends"}
+    torch_tensorrt.compile_program(job.out / entry.program, BufferPlan.from_dict(entry.buffers), job.out / rel,
+                                   options, _gpu(job))
+    function = load_program(job.out / rel, BufferPlan.from_dict(entry.buffers))
+    entry = dataclasses.replace(entry, engine=rel, device_vs_eager=compare(job, function, _gpu(job)))
+    log.info("built %s -> %s; Torch-TensorRT vs eager (GPU) relative L2 %s", job.spec.name, rel,
+             entry.device_vs_eager)
+    return entry
 
 
 # backend -> how it writes a built stage; backends absent here write nothing but the weights
 EXPORTERS: dict[Backend, Callable[[ExportJob, StageEntry], StageEntry]] = {
     Backend.ONNX: export_onnx,
     Backend.TENSORRT: export_tensorrt,
+    Backend.TORCH_TENSORRT: export_torch_tensorrt,
 }
 
 
 def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
-                 scales: dict[str, fp8.Fp8Scales]) -> dict[str, dict[str, StageEntry]]:
+                 quantized: dict[str, StageQuantization]) -> dict[str, dict[str, StageEntry]]:
     """{component: {stage: entry}}; writes each built stage's files through its backend's exporter."""
     specs = export_specs(model.config)
     components: dict[str, dict[str, StageEntry]] = {name: {} for name in model.components()}
     for name, stage in plan.stages.items():
         # what the stage really runs in: fp8 only where it was calibrated and got Q/DQ nodes
-        precision = "fp8" if name in scales else str(plan.policy.dtype(stage.component)).removeprefix("torch.")
+        precision = "fp8" if name in quantized else str(plan.policy.dtype(stage.component)).removeprefix("torch.")
         entry = StageEntry(backend=stage.backend.value, precision=precision,
                            profile=stage.to_dict()["profile"], reason=stage.reason)
         exporter = EXPORTERS.get(stage.backend)
         if exporter is not None:
-            entry = exporter(ExportJob(model, specs[name], stage, plan, out, scales.get(name)), entry)
+            entry = exporter(ExportJob(model, specs[name], stage, plan, out, quantized.get(name)), entry)
         components[stage.component][name] = entry
     return components
 
 
-__all__ = ["EXPORTERS", "ExportJob", "TIMING_CACHE_DIR", "write_stages", "write_weights"]
+__all__ = ["EXPORTERS", "ExportJob", "TIMING_CACHE_DIR", "buffer_plan", "compare", "write_graph", "write_program", "write_stages",
+           "write_weights"]

@@ -185,7 +185,7 @@ def _hash_value(h, x: Any) -> None:
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
     elif isinstance(x, np.ndarray):
         h.update(f"A{x.dtype}{x.shape}".encode())
         h.update(np.ascontiguousarray(x).tobytes())
@@ -335,16 +335,24 @@ def _linear_name(node) -> str | None:
     return scopes[-2].split(": ")[0] if len(scopes) >= 2 else None
 
 
-def insert_qdq(model_or_path, scales: Fp8Scales, out_path: str | Path | None = None):
+def insert_qdq(model_or_path, scales: Fp8Scales, out_path: str | Path | None = None, *, prefix: str = "",
+               inplace: bool = False):
     """Q/DQ (float8e4m3fn) in front of the MatMul/Gemm of every Linear in ``scales``; returns the new ModelProto.
 
-    With ``out_path`` the model is also saved there (temp file + rename; tensors go to ``<name>.data`` next to it
-    when the model is too large for one protobuf).
+    ``prefix``: the module path the calibrated module has inside the exported one (e.g. ``"stage."`` under a
+    wrapper). ``inplace``: change a given ModelProto itself (no copy of a large graph). With ``out_path`` the model
+    is also saved there (`onnx_io.save_onnx`: tensors in a fresh ``<name>.data`` when the model is too large for one
+    protobuf, never appended to an old one).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else copy.deepcopy(model_or_path)
+    from .onnx_io import PROTOBUF_LIMIT, save_onnx
+
+    if isinstance(model_or_path, (str, Path)):
+        model = onnx.load(str(model_or_path))
+    else:
+        model = model_or_path if inplace else copy.deepcopy(model_or_path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise ConfigError(f"float8 Q/DQ needs ONNX opset >= {MIN_OPSET}, the model has opset {opset}: export again")
@@ -361,6 +369,7 @@ def insert_qdq(model_or_path, scales: Fp8Scales, out_path: str | Path | None = N
     new_nodes = []
     for node in graph.node:
         layer = _linear_name(node) if node.op_type in ("MatMul", "Gemm") else None
+        layer = layer[len(prefix):] if layer is not None and layer.startswith(prefix) else None
         if layer is None or layer not in scales:
             new_nodes.append(node)
             continue
@@ -410,12 +419,8 @@ def insert_qdq(model_or_path, scales: Fp8Scales, out_path: str | Path | None = N
         )
     del graph.node[:]
     graph.node.extend(new_nodes)
-    large = sum(len(t.raw_data) for t in graph.initializer) > 1_800_000_000  # protobuf's 2 GiB limit
-    if not large:
+    if sum(len(t.raw_data) for t in graph.initializer) <= PROTOBUF_LIMIT:  # the checker needs one protobuf
         onnx.checker.check_model(model)
     if out_path is not None:
-        out_path = Path(out_path)
-        with atomic_output(out_path) as tmp:
-            onnx.save_model(model, str(tmp), save_as_external_data=large, all_tensors_to_one_file=True,
-                            location=f"{out_path.name}.data")
+        save_onnx(model, out_path)
     return model

@@ -1,11 +1,16 @@
 """Accuracy of a built artifact against the eager fp32 model, measured through the engine's own loader.
 
-Per stage: its sample inputs (seed 2, not the ones used for export checks or calibration) through the artifact and
-through the fp32 reference (relative L2, cosine over all floating outputs). End to end: `Engine.predict` on a
-fixed probe set (seeded images, fixed prompts) at the build shape: mean frame PSNR and mean token agreement.
+End to end: `Engine.predict` on a fixed probe set (`probes.py`: seeded images at the built image size, fixed
+prompts, seed 2) at the build shape, artifact vs reference: mean frame PSNR and mean token agreement. Per stage:
+the inputs the reference's own stage functions receive during those probe requests (recorded at the stage
+boundary: real activations, the denoising step at several points of the trajectory, decode steps on the real KV
+cache) through the artifact's stage and the reference's (relative L2, cosine over all floating outputs). Both sides
+run on the artifact's device: a GPU build is checked on the GPU against the reference moved to the GPU (never
+through a CPU provider). FP8 calibration runs the same requests with another noise seed.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +24,11 @@ from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
 from ..precision import COMPONENTS, Precision, PrecisionPolicy
 from .accuracy import AccuracyReport, AccuracyThresholds, ComponentAccuracy, check_gate, psnr, token_agreement
+from .calibration import StageRecorder
+from .probes import PROBE_PROMPTS, probe_images, probe_settings
 
-PROBE_PROMPTS = ("What happens next?", "Describe the motion in this scene.")
-PROBE_SEED = 2
-
-
-def probe_images(count: int = len(PROBE_PROMPTS)) -> list[np.ndarray]:
-    """The fixed probe images: seeded uint8 noise with a gradient (so the VAE sees structure)."""
-    images = []
-    for i in range(count):
-        rng = np.random.default_rng(1000 + i)
-        ramp = np.linspace(0, 255, 96, dtype=np.float32)[None, :, None]
-        images.append(np.clip(ramp * 0.6 + rng.integers(0, 100, (72, 96, 3)), 0, 255).astype(np.uint8))
-    return images
-
+# stage calls compared per probe request: the decode steps carry the whole KV cache buffer, so fewer of them
+STAGE_CALLS = {"denoise": 4, "decode": 2}
 
 def _floats(result) -> torch.Tensor:
     outputs = result if isinstance(result, (tuple, list)) else (result,)
@@ -46,31 +42,36 @@ def lowest_precision(policy: PrecisionPolicy) -> Precision:
 
 def measure(reference: GLPModel, artifact: Path, shape: BuildShape, policy: PrecisionPolicy,
             steps: int | None = None, device: str = "cpu") -> AccuracyReport:
-    """The artifact at `artifact`, loaded through the engine's loader onto `device`, against `reference`."""
+    """The artifact at `artifact`, loaded through the engine's loader onto `device`, against `reference` moved to
+    that device."""
     loaded, built, _ = load_artifact(artifact, device)
+    if reference.device != loaded.device:
+        reference = copy.deepcopy(reference).to(loaded.device)
     with torch.inference_mode():
         return _measure(reference, loaded, built, shape, policy, steps)
 
 
 def _measure(reference: GLPModel, loaded: GLPModel, built: BuiltStages | None, shape: BuildShape,
              policy: PrecisionPolicy, steps: int | None) -> AccuracyReport:
-    components = []
-    functions = built.functions if built is not None else {}
-    for name, spec in export_specs(reference.config).items():
-        inputs = spec.sample_inputs(shape, seed=PROBE_SEED)
-        expected = _floats(spec.wrap(reference, shape)(*(x.to(reference.device) for x in inputs)))
-        # the built stage's function, or the artifact's weights in the eager stage wrapper
-        function = functions[name] if name in functions else spec.wrap(loaded, shape)
-        got = _floats(function(*(x.to(loaded.device) for x in inputs)))
-        components.append(ComponentAccuracy.measure(name, got, expected))
+    specs = export_specs(reference.config)
+    recorder = StageRecorder(reference, list(specs.values()), shape, limit=STAGE_CALLS)
+    artifact = Engine(loaded, built=built)
     psnrs, agreements = [], []
-    settings = dict(height=shape.height, width=shape.width, num_frames=shape.num_frames, num_inference_steps=steps,
-                    guidance_scale=2.0 if shape.guidance else 1.0, frame_rate=shape.frame_rate, seed=PROBE_SEED)
-    for image, prompt in zip(probe_images(), PROBE_PROMPTS):
-        want = Engine(reference).predict(image, prompt, **settings)
-        got = Engine(loaded, built=built).predict(image, prompt, **settings)
+    for image, prompt in zip(probe_images(shape), PROBE_PROMPTS):
+        want = recorder.predict(image, prompt, **probe_settings(shape, steps))
+        got = artifact.predict(image, prompt, **probe_settings(shape, steps))
         psnrs.append(psnr(got.frames, want.frames))
         agreements.append(token_agreement(got.token_ids, want.token_ids))
+    functions = built.functions if built is not None else {}
+    components = []
+    for name, spec in specs.items():
+        expected_fn = spec.wrap(reference, shape)
+        # the built stage's function, or the artifact's weights in the eager stage wrapper
+        function = functions[name] if name in functions else spec.wrap(loaded, shape)
+        calls = recorder.inputs[name]
+        expected = torch.cat([_floats(expected_fn(*inputs)) for inputs in calls])
+        got = torch.cat([_floats(function(*(x.to(loaded.device) for x in inputs))) for inputs in calls])
+        components.append(ComponentAccuracy.measure(name, got, expected))
     return AccuracyReport(lowest_precision(policy).value, tuple(components), frame_psnr=float(np.mean(psnrs)),
                           token_agreement=float(np.mean(agreements)))
 
@@ -85,4 +86,4 @@ def enforce(report: AccuracyReport, policy: PrecisionPolicy, config: ModelConfig
     check_gate(report, thresholds, per_component=per_component)
 
 
-__all__ = ["PROBE_PROMPTS", "enforce", "measure", "probe_images"]
+__all__ = ["STAGE_CALLS", "enforce", "measure"]

@@ -4,10 +4,12 @@
   the ``tensorrt`` module, or raises ``BackendUnavailable`` naming everything missing (no CUDA device, ``tensorrt``
   not importable, version too old) and suggesting ``--backend onnx``.
 - ``TensorRTBuildConfig`` (frozen, validated, JSON round-trip): optimization profiles (``OptimizationProfile`` =
-  {input name: (min, opt, max) shape}), ``strongly_typed`` (default True: precision comes from the ONNX graph's
-  tensor types and Q/DQ nodes, which is how FP8 is built; TensorRT 11 only has strongly typed networks), the
-  weakly-typed precision flags ``fp16``/``bf16``/``fp8`` (only with ``strongly_typed=False``, TensorRT 10 only),
-  ``workspace_bytes`` and ``optimization_level`` (0-5, TensorRT's default 3).
+  {input name: (min, opt, max) shape}; the builder makes one per stage from its ExportSpec, ``opt`` at the built
+  request shape), ``workspace_bytes`` and ``optimization_level`` (0-5, TensorRT's default 3). Networks are always
+  STRONGLY TYPED: precision comes from the ONNX graph's tensor types (the weights were cast by the precision policy
+  before export) and its float8 Q/DQ nodes. No precision builder flag is ever set: TensorRT 11 removed them
+  (``BuilderFlag.FP16/BF16/FP8``) and always builds strongly typed; on TensorRT 10 the ``STRONGLY_TYPED`` creation
+  flag gives the same network (11 accepts and ignores it).
 - ``timing_cache_key(trt_version, sm)`` / ``timing_cache_path(cache_dir, trt_version, sm)``: timing caches are only
   valid for one TensorRT version on one GPU architecture, so both are in the file name
   (``timing-trt10.3.0-sm90.cache``).
@@ -32,7 +34,6 @@ from ..engine.runners.tensorrt import require_tensorrt
 from ..errors import ConfigError, EngineBuildError
 from ..video_io import atomic_output
 
-_PRECISION_FLAGS = ("fp16", "bf16", "fp8")  # weakly typed builder flags, as config field names
 Shape = tuple[int, ...]
 
 
@@ -101,25 +102,11 @@ class TensorRTBuildConfig:
     """What ``build_engine`` asks of the TensorRT builder (see the module docstring)."""
 
     profiles: tuple[OptimizationProfile, ...] = ()
-    strongly_typed: bool = True
-    fp16: bool = False
-    bf16: bool = False
-    fp8: bool = False
     workspace_bytes: int = 4 << 30
     optimization_level: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profiles", tuple(self.profiles))
-        for name in ("strongly_typed", *_PRECISION_FLAGS):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"TensorRTBuildConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        flags = [f for f in _PRECISION_FLAGS if getattr(self, f)]
-        if self.strongly_typed and flags:
-            raise ConfigError(
-                f"precision flags {flags} cannot be combined with strongly_typed=True: a strongly typed network takes "
-                "its precision from the ONNX graph's types and Q/DQ nodes (set strongly_typed=False for TensorRT 10's "
-                "weakly typed mode)"
-            )
         workspace = self.workspace_bytes
         if not isinstance(workspace, int) or isinstance(workspace, bool) or workspace <= 0:
             raise ConfigError(f"workspace_bytes must be a positive int, got {self.workspace_bytes!r}")
@@ -136,26 +123,17 @@ class TensorRTBuildConfig:
         """A config with one profile from ``{input_name: (min, opt, max)}``."""
         return cls(profiles=(OptimizationProfile.from_dict(shapes),), **kwargs)
 
-    @property
-    def precision_flags(self) -> tuple[str, ...]:
-        """The TensorRT ``BuilderFlag`` names to set (e.g. ("FP16",))."""
-        return tuple(f.upper() for f in _PRECISION_FLAGS if getattr(self, f))
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "profiles": [p.to_dict() for p in self.profiles],
-            "strongly_typed": self.strongly_typed,
-            **{f: getattr(self, f) for f in _PRECISION_FLAGS},
-            "workspace_bytes": self.workspace_bytes,
-            "optimization_level": self.optimization_level,
-        }
+        return {"profiles": [p.to_dict() for p in self.profiles], "workspace_bytes": self.workspace_bytes,
+                "optimization_level": self.optimization_level}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorRTBuildConfig:
         known = set(cls().to_dict())
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown TensorRTBuildConfig keys {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown TensorRTBuildConfig keys {unknown}; known: {sorted(known)} (precision comes "
+                              "from the graph: strongly typed networks have no precision flags)")
         d = dict(d)
         d["profiles"] = tuple(OptimizationProfile.from_dict(p) for p in d.get("profiles", ()))
         return cls(**d)
@@ -196,25 +174,23 @@ def build_engine(
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if config.strongly_typed else 0
-    network = builder.create_network(flags)
+    typing = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # 10.x; always on in 11.x
+    network = builder.create_network(0 if typing is None else 1 << int(typing))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(onnx_path)):  # external data is read from next to the graph
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
 
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
     builder_config.builder_optimization_level = config.optimization_level
-    for flag in config.precision_flags:
-        if not hasattr(trt.BuilderFlag, flag):
-            raise EngineBuildError(f"tensorrt {trt.__version__} has no BuilderFlag.{flag}: use a strongly typed build")
-        builder_config.set_flag(getattr(trt.BuilderFlag, flag))
     for profile in config.profiles:
-        trt_profile = builder.create_optimization_profile()
-        for shapes in profile.inputs:
-            trt_profile.set_shape(shapes.name, shapes.min, shapes.opt, shapes.max)
-        builder_config.add_optimization_profile(trt_profile)
+        dynamic = [i for i in profile.inputs if i.min != i.max]  # fixed inputs keep the graph's static shapes
+        if dynamic:
+            trt_profile = builder.create_optimization_profile()
+            for shapes in dynamic:
+                trt_profile.set_shape(shapes.name, shapes.min, shapes.opt, shapes.max)
+            builder_config.add_optimization_profile(trt_profile)
 
     cache_file = None
     if timing_cache_dir is not None:

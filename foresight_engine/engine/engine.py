@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -45,6 +46,7 @@ from ..models.glp import GLPModel
 from ..models.kv_cache import KVCache, attention_span, decode_step, default_length
 from ..models.stages import AdapterStage, DecodeStage, PrefillStage, VAEDecodeStage, VisionStage
 from ..models.video_geometry import VideoGeometry
+from ..models.vision_tower import VisionLayout
 from ..verify import verify
 from ..verify.clips import load_clip
 from .events import DenoiseStep, Done, Event, FramesReady, TextToken
@@ -127,6 +129,7 @@ class Engine:
         self.static = static
         self.step_cache = step_cache
         self.threads = threads or ThreadSplit()
+        self._vision_tables: dict[tuple[int, int, int], tuple[torch.Tensor, ...]] = {}
         self.stages = self._stage_functions(built)
         self.velocity = self._velocity_model(built, static, step_cache)
         if cuda_graphs and not self.velocity.graphable:
@@ -146,10 +149,22 @@ class Engine:
     def _stage_functions(self, built: BuiltStages | None) -> dict[str, Callable]:
         """{stage: function}: the built ones, else the eager stage wrappers over this engine's weights."""
         m = self.model
-        functions = {"vision": VisionStage(m.vision_tower), "prefill": PrefillStage(m.backbone),
-                     "decode": DecodeStage(m.backbone), "adapter": AdapterStage(m.adapter),
+        functions = {"prefill": PrefillStage(m.backbone), "decode": DecodeStage(m.backbone),
+                     "adapter": AdapterStage(m.adapter),
                      "vae_decode": VAEDecodeStage(m.vae, self.config.generation.decode_timestep)}
-        return functions | {k: v for k, v in (built.functions if built else {}).items() if k != "denoise"}
+        functions |= {k: v for k, v in (built.functions if built else {}).items() if k not in ("vision", "denoise")}
+        built_vision = built.functions.get("vision") if built else None
+        # the vision stage takes one image and its grid's host tables; the eager one bakes in the grid's lengths
+        functions["vision"] = lambda pixels, layout: (
+            built_vision or VisionStage.for_layout(m.vision_tower, layout))(pixels, *self._tables(layout))
+        return functions
+
+    def _tables(self, layout: VisionLayout) -> tuple[torch.Tensor, ...]:
+        """`layout`'s tables on this engine's device (copied once per image grid)."""
+        tables = self._vision_tables.get(layout.grid)
+        if tables is None:
+            tables = self._vision_tables.setdefault(layout.grid, layout.to(self.device))
+        return tables
 
     def _velocity_model(self, built: BuiltStages | None, static: bool, step_cache: float | None):
         decoder = self.model.video_decoder
@@ -404,6 +419,8 @@ class Engine:
         processor = self.model.processor
         text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         enc = processor(text=[text], images=pil, return_tensors="pt")
+        if self.built is not None:
+            self.built.check_images(self.config, enc["image_grid_thw"])
         prompt_tokens = enc["input_ids"].shape[1]
         check_prompt_length(prompt_tokens, self.config.processor.max_prompt_tokens,
                             self.config.adapter.num_query_tokens, s.max_new_tokens,
@@ -416,12 +433,18 @@ class Engine:
                                geometry=geometry, actual=actual_frames)
 
     def vision(self, request: PreparedRequest, first_image: int = 0) -> torch.Tensor | None:
-        """Visual tokens of images[first_image:]: [N_visual, D_vlm] (None when there are none)."""
-        grids = request.image_grid_thw[first_image:]
-        if grids.shape[0] == 0:
+        """Visual tokens of images[first_image:]: [N_visual, D_vlm] (None when there are none). One vision-stage
+        call per image, with its grid's host-computed tables (`VisionLayout`): fixed shapes per image grid."""
+        grids = [tuple(g) for g in request.image_grid_thw.tolist()]  # host metadata
+        if len(grids) <= first_image:
             return None
-        start = int(request.image_grid_thw[:first_image].prod(-1).sum())  # patches of the skipped images (host)
-        return self.stages["vision"](request.pixel_values[start:].to(self.device), grids.to(self.device))
+        starts = [0]
+        for grid in grids:
+            starts.append(starts[-1] + math.prod(grid))
+        tokens = [self.stages["vision"](request.pixel_values[starts[i]:starts[i + 1]].to(self.device),
+                                        VisionLayout.of(self.config.vision, grids[i]))
+                  for i in range(first_image, len(grids))]
+        return torch.cat(tokens)
 
     def prefill(self, request: PreparedRequest, image_embeds: torch.Tensor | None, past: ReusedPrefix | None = None,
                 cache: KVCache | None = None) -> PrefillOutput:

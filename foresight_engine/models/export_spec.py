@@ -6,7 +6,6 @@ Model code only: no onnx, tensorrt or builders imports here.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -18,9 +17,11 @@ from ..errors import ConfigError
 from .kv_cache import default_length
 from .stages import AdapterStage, DecodeStage, DenoiseStage, PrefillStage, VAEDecodeStage, VisionStage
 from .video_geometry import VideoGeometry
+from .vision_tower import VisionLayout, image_grid
 
 Shape = tuple[int, ...]
 STAGES = ("vision", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
+PROMPT_TEXT_TOKENS = 32  # the chat template and a one-sentence prompt (Qwen2.5's tokenizer), besides the images
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,26 @@ class BuildShape:
     prompt_tokens: int = 64  # typical prompt length (images included): the prefill's `opt`
     max_new_tokens: int = 16
     cache_len: int | None = None  # KV cache slots the decode stage is built for (None: the config's default)
+    image_height: int | None = None  # the input images the vision stage is built for (None: the video's size)
+    image_width: int | None = None
 
     @classmethod
     def for_config(cls, config: ModelConfig, height: int | None = None, width: int | None = None,
-                   num_frames: int | None = None) -> "BuildShape":
+                   num_frames: int | None = None, *, image_size: tuple[int, int] | None = None,
+                   images: int = 1, prompt_tokens: int | None = None) -> "BuildShape":
+        """The build shape of a request at the preset's defaults (or the given sizes). The prefill's `opt` prompt
+        length is that request's: `images` images of `image_size` (default: the video's size, the world model's
+        own frames) plus `PROMPT_TEXT_TOKENS`, unless `prompt_tokens` is given."""
         gen = config.generation
-        shape = cls(height=height or gen.height, width=width or gen.width, num_frames=num_frames or gen.num_frames,
-                    frame_rate=gen.frame_rate, max_new_tokens=gen.max_new_tokens)
+        height, width = height or gen.height, width or gen.width
+        image_height, image_width = image_size or (height, width)
+        if prompt_tokens is None:
+            _, h, w = image_grid(config, image_height, image_width)
+            visual = h * w // config.vision.spatial_merge_size ** 2
+            prompt_tokens = min(config.processor.max_prompt_tokens, images * visual + PROMPT_TEXT_TOKENS)
+        shape = cls(height=height, width=width, num_frames=num_frames or gen.num_frames, frame_rate=gen.frame_rate,
+                    max_new_tokens=gen.max_new_tokens, prompt_tokens=prompt_tokens, image_height=image_height,
+                    image_width=image_width)
         shape.check(config)
         return shape
 
@@ -53,6 +67,13 @@ class BuildShape:
                 raise ConfigError(f"build shape {name}={value} must be a positive multiple of {step}")
         if self.num_frames < 1 or (self.num_frames - 1) % r:
             raise ConfigError(f"build shape num_frames={self.num_frames} must be of the form {r}*k+1")
+        for name in ("image_height", "image_width"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"build shape {name}={value} must be a positive number of pixels")
+        if not 0 < self.prompt_tokens <= config.processor.max_prompt_tokens:
+            raise ConfigError(f"build shape prompt_tokens={self.prompt_tokens} must be in "
+                              f"[1, {config.processor.max_prompt_tokens}] (the preset's prompt limit)")
 
     @property
     def batch(self) -> int:
@@ -63,6 +84,13 @@ class BuildShape:
 
     def cache_length(self, config: ModelConfig) -> int:
         return self.cache_len or default_length(config)
+
+    def image_grid(self, config: ModelConfig) -> tuple[int, int, int]:
+        """The patch grid of one input image of the built size (what the vision stage is built for)."""
+        return image_grid(config, self.image_height or self.height, self.image_width or self.width)
+
+    def vision_layout(self, config: ModelConfig) -> VisionLayout:
+        return VisionLayout.of(config.vision, self.image_grid(config))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,13 +120,12 @@ class ExportSpec:
     def profile(self, shape: BuildShape) -> dict[str, tuple[Shape, Shape, Shape]]:
         return self.profiler(shape)
 
-
-def _image_patches(config: ModelConfig) -> int:
-    """Patches per side of one image at the processor's pixel budget (a multiple of the merge size)."""
-    v = config.vision
-    unit = v.patch_size * v.spatial_merge_size
-    side = max(1, int(math.sqrt(config.processor.max_pixels)) // unit)
-    return side * v.spatial_merge_size
+    def dynamic_shapes(self) -> tuple[Any, ...]:
+        """torch.export dynamic shapes from the named dynamic axes (one `Dim` per axis name, shared by inputs)."""
+        from torch.export import Dim
+        dims: dict[str, Any] = {}
+        return tuple({axis: dims.setdefault(label, Dim.DYNAMIC) for axis, label in self.dynamic_axes[n].items()}
+                     if n in self.dynamic_axes else None for n in self.input_names)
 
 
 def _vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
@@ -112,8 +139,6 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
     """The six stages of the stack, in run order."""
     v, t, a, tr = config.vision, config.text, config.adapter, config.transformer
     patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
-    side = _image_patches(config)
-    per_image = side * side  # patches per image
     max_prompt = config.processor.max_prompt_tokens
     past = 3  # cached prefix of the prefill's sample inputs (torch.export specialises sizes 0 and 1)
 
@@ -121,7 +146,8 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
         return (t.num_hidden_layers, 1, t.num_key_value_heads, length, t.head_dim)
 
     def vision_inputs(s, g):
-        return (torch.randn(per_image, patch_dim, generator=g), torch.tensor([[1, side, side]]))
+        layout = s.vision_layout(config)  # host tables of the built image grid: fixed shapes
+        return (torch.randn(layout.patches, patch_dim, generator=g), *layout.tensors())
 
     def prefill_inputs(s, g):
         n = s.prompt_tokens
@@ -153,15 +179,13 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
             return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
         return profiler
 
+    vision_names = ("pixel_values", *VisionLayout.TENSORS)
     decode_names = ("token_ids", "position", "keys", "values", "slot")
     denoise_names = ("latents", "conditioning", "conditioning_mask", "timestep")
     specs = [
-        ExportSpec("vision", "vision_tower", ("pixel_values", "grid_thw"), ("image_embeds",),
-                   {"pixel_values": {0: "patches"}, "grid_thw": {0: "images"}, "image_embeds": {0: "visual_tokens"}},
-                   lambda m, s: VisionStage(m.vision_tower), vision_inputs,
-                   lambda s: {"pixel_values": ((per_image, patch_dim), (per_image, patch_dim),
-                                               (per_image * config.processor.max_images, patch_dim)),
-                              "grid_thw": ((1, 3), (1, 3), (config.processor.max_images, 3))}),
+        ExportSpec("vision", "vision_tower", vision_names, ("image_embeds",), {},
+                   lambda m, s: VisionStage.for_layout(m.vision_tower, s.vision_layout(config)), vision_inputs,
+                   fixed(vision_inputs, vision_names)),
         ExportSpec("prefill", "backbone", ("embeds", "position_ids", "past_keys", "past_values"),
                    ("logits", "world_latent", "keys", "values"),
                    {"embeds": {1: "prompt"}, "position_ids": {2: "prompt"}, "past_keys": {3: "past"},

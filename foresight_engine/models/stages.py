@@ -16,18 +16,29 @@ from .backbone import Backbone
 from .vae import VideoVAE
 from .video_decoder import VideoDecoder
 from .video_geometry import VideoGeometry
-from .vision_tower import VisionTower
+from .vision_tower import VisionLayout, VisionTower
 
 
 class VisionStage(nn.Module):
-    """pixel_values [N, C*T*P*P], grid_thw [n, 3] -> visual tokens [N / merge^2, D]."""
+    """ONE image of a fixed patch grid: pixel_values [N, C*T*P*P] and the grid's host tables (`VisionLayout`:
+    window_index, reverse_index [N / merge^2], cu_window_seqlens [W + 1], cu_seqlens [t + 1], cos, sin [N, d])
+    -> visual tokens [N / merge^2, D]. The longest window and frame (shapes, not data) are baked in."""
 
-    def __init__(self, tower: VisionTower):
+    def __init__(self, tower: VisionTower, max_window_seqlen: int, max_seqlen: int):
         super().__init__()
         self.tower = tower
+        self.max_window_seqlen = max_window_seqlen
+        self.max_seqlen = max_seqlen
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        return self.tower(pixel_values, grid_thw)
+    @classmethod
+    def for_layout(cls, tower: VisionTower, layout: VisionLayout) -> "VisionStage":
+        return cls(tower, layout.max_window_seqlen, layout.max_seqlen)
+
+    def forward(self, pixel_values: torch.Tensor, window_index: torch.Tensor, reverse_index: torch.Tensor,
+                cu_window_seqlens: torch.Tensor, cu_seqlens: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixel_values, window_index, reverse_index, cu_window_seqlens, cu_seqlens, cos, sin,
+                          max_window_seqlen=self.max_window_seqlen, max_seqlen=self.max_seqlen)
 
 
 class PrefillStage(nn.Module):

@@ -69,5 +69,17 @@ class BuiltStages:
             raise ArtifactError(f"rebuild needed: this artifact's VAE decode is built for latents "
                                 f"{built.latent_shape}, the request needs {geometry.latent_shape}")
 
+    def check_images(self, config: ModelConfig, image_grid_thw: torch.Tensor) -> None:
+        """Refuse (`ArtifactError`, before any model runs) images whose patch grid is not the built vision stage's."""
+        if "vision" not in self.functions:
+            return
+        built = self.shape.image_grid(config)
+        other = sorted({tuple(g) for g in image_grid_thw.tolist()} - {built})
+        if other:
+            size = (self.shape.image_height or self.shape.height, self.shape.image_width or self.shape.width)
+            raise ArtifactError(f"rebuild needed: this artifact's vision stage is built for images of patch grid "
+                                f"{built} (e.g. {size[0]}x{size[1]} pixels); the request's images give {other} (build "
+                                "with --image-size HxW of your images, or --stages without vision)")
+
 
 __all__ = ["BuiltStages", "RunnerContext", "StageFn", "load"]
