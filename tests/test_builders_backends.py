@@ -17,6 +17,8 @@ from foresight_engine.builders.probes import PROBE_PROMPTS, probe_images, probe_
 from foresight_engine.backends import Backend
 from foresight_engine.engine import Engine
 from foresight_engine.engine.artifact_loader import load_artifact
+from foresight_engine.builders.onnx_io import graph_io
+from foresight_engine.engine.runners.buffers import POINTS, BufferPlan
 from foresight_engine.engine.runners.onnx import OnnxStage
 from foresight_engine.models.export_spec import BuildShape, export_specs
 from foresight_engine.models.glp import GLPModel
@@ -75,6 +77,29 @@ def test_onnx_fp32_matches_eager(onnx_fp32, engine, image):
     want, got = engine.predict(image, PROMPT, seed=5), loaded.predict(image, PROMPT, seed=5)
     assert got.token_ids == want.token_ids
     assert np.abs(got.frames.astype(int) - want.frames.astype(int)).max() <= 1
+
+
+def test_every_stage_graph_matches_its_buffer_plan_at_every_profile_point(onnx_fp32, tiny):
+    """What the GPU runners allocate from (names, dtypes, min/opt/max shapes) against the graphs TensorRT builds:
+    statically (static dims equal, dynamic dims symbolic), then by running each graph at each profile point."""
+    manifest = read_manifest(onnx_fp32.directory)
+    for name, spec in export_specs(tiny.config).items():
+        entry = manifest.stages[name]
+        plan = BufferPlan.from_dict(entry.buffers)
+        graph = onnx.load(str(onnx_fp32.directory / entry.file))
+        assert plan.mismatches(graph_io(graph)) == [], name
+        assert [t.name for t in plan.inputs] == list(spec.input_names)
+        session = OnnxStage(onnx_fp32.directory / entry.file)
+        samples = spec.sample_inputs(BuildShape.for_config(tiny.config, image_size=(72, 96)))
+        for point in POINTS:
+            inputs = [sample if tuple(sample.shape) == t.shape(point) else torch.zeros(t.shape(point), dtype=sample.dtype)
+                      for sample, t in zip(samples, plan.inputs)]  # index tables keep their values
+            outputs = session(*inputs)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            assert [tuple(o.shape) for o in outputs] == [t.shape(point) for t in plan.outputs], (name, point)
+            assert [o.dtype for o in outputs] == [t.torch_dtype for t in plan.outputs], (name, point)
+    prefill = BufferPlan.from_dict(manifest.stages["prefill"].buffers)
+    assert prefill.dynamic and {t.name: t.opt for t in prefill.inputs}["embeds"][1] == 32 + 2  # the request
 
 
 def test_onnx_artifact_refuses_another_grid(onnx_fp32, image):

@@ -185,6 +185,7 @@ class Fp8AttentionStage(nn.Module):
             raise CalibrationError("Fp8AttentionStage needs kv_cache=True or attention=True")
         self.stage, self.scales = stage, scales
         self.kv_cache, self.attention = kv_cache, attention
+        self.train(stage.training)
 
     def forward(self, *inputs: torch.Tensor):
         mode = _Quantized(self.scales, self.kv_cache, self.attention)

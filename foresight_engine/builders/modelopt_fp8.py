@@ -72,6 +72,8 @@ def with_scales(module: nn.Module, scales: Fp8Scales) -> nn.Module:
         if quantizers[0] is None:
             continue
         for quantizer, amax in zip(quantizers, scales.amax.get(name, (None, None))):
+            if quantizer is None:
+                continue
             if amax is None:
                 quantizer.disable()
             else:

@@ -47,13 +47,14 @@ def graph_io(model) -> list[tuple[str, bool, str, tuple[int, ...]]]:
     return [entry(v, True) for v in model.graph.input] + [entry(v, False) for v in model.graph.output]
 
 
-def save_onnx(model, path: str | Path, *, external_threshold: int = PROTOBUF_LIMIT) -> Path:
+def save_onnx(model, path: str | Path, *, external_threshold: int | None = None) -> Path:
     """Write `model` to `path`, with its tensors in a fresh `<name>.data` when they exceed `external_threshold`
-    bytes (and no stale data file left behind when they do not). Returns `path`."""
+    bytes (default `PROTOBUF_LIMIT`; no stale data file is left behind when they do not). Returns `path`. Like
+    `onnx.save_model`, it moves the tensors of an external save out of `model` (into the file)."""
     import onnx
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = tensor_bytes(model) > external_threshold
+    external = tensor_bytes(model) > (PROTOBUF_LIMIT if external_threshold is None else external_threshold)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         # a new, empty directory: onnx writes the data file from scratch, never appending to an old one

@@ -60,11 +60,12 @@ class TensorPlan:
         return getattr(self, point)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+        return {"name": self.name, "dtype": self.dtype, "min": list(self.min), "opt": list(self.opt),
+                "max": list(self.max)}
 
     @classmethod
-    def from_dict(cls, name: str, data: Mapping[str, Any]) -> "TensorPlan":
-        return cls(name, data["dtype"], *(tuple(data[p]) for p in POINTS))
+    def from_dict(cls, data: Mapping[str, Any]) -> "TensorPlan":
+        return cls(data["name"], data["dtype"], *(tuple(data[p]) for p in POINTS))
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,14 @@ class BufferPlan:
         return (*self.inputs, *self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": {t.name: t.to_dict() for t in self.inputs},
-                "outputs": {t.name: t.to_dict() for t in self.outputs}}
+        """Lists, not mappings: the order is the call order (and the manifest is written with sorted keys)."""
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BufferPlan":
         try:
-            return cls(tuple(TensorPlan.from_dict(n, d) for n, d in data["inputs"].items()),
-                       tuple(TensorPlan.from_dict(n, d) for n, d in data["outputs"].items()))
+            return cls(tuple(TensorPlan.from_dict(d) for d in data["inputs"]),
+                       tuple(TensorPlan.from_dict(d) for d in data["outputs"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"rebuild needed: malformed buffer plan ({type(exc).__name__}: {exc})") from None
 
