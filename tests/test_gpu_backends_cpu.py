@@ -345,3 +345,41 @@ def test_stage_entries_carry_the_gpu_fields():
     again = StageEntry.from_dict(json.loads(json.dumps(entry.to_dict(), sort_keys=True)))
     assert again == entry and [t.name for t in BufferPlan.from_dict(again.buffers).inputs] == ["b", "a"]
     assert [b.numel() for b in plan.allocate("cpu").values()] == [1, 8, 1]  # max shapes, never empty
+
+
+# ------------------------------------------------------------------------------------------------ make gpu-check
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_check_refuses_at_once_with_one_line(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "foresight_engine.bench.gpu_check", "--out", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    ours = [line for line in done.stderr.splitlines() if not line.startswith("W")]  # (torch's import-time logs)
+    assert ours == [
+        "gpu-check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check; run it on a GPU machine"]
+    assert not any(tmp_path.iterdir())  # nothing written
+    if shutil.which("make") and not shutil.which("nvidia-smi"):
+        done = subprocess.run(["make", "-s", "gpu-check"], cwd=root, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and done.stdout.strip().splitlines() == [
+            "gpu-check: no NVIDIA GPU here (nvidia-smi finds none): nothing to check; run it on a GPU machine"]
+
+
+def test_gpu_check_report_says_what_passed_and_the_ratios():
+    from foresight_engine.bench.gpu_check import format_report, summarize
+    outcomes = {"tests/test_gpu_acceptance.py::test_a[tiny]": "passed", "tests/test_device_gpu.py::test_b": "failed"}
+    records = [{"test": "load_and_predict", "preset": "tiny", "backend": "tensorrt", "precision": "fp8",
+                "frame_psnr": 41.234, "token_agreement": 0.9, "passed": True},
+               {"test": "cuda_graph", "preset": "small", "backend": "tensorrt", "precision": "bf16", "captures": 1,
+                "max_abs_diff": 0.0, "passed": True}]
+    bench = {"preset": "small", "speedup_vs_naive": {"tensorrt-fp8": 3.5}, "speedup_vs_best_peer": {"tensorrt-fp8": 1.6},
+             "targets": [], "results": []}
+    summary = summarize(outcomes, records, bench, {"gpu": "GPU X", "torch": "2.14.1", "cuda": "13.0", "date": "d"})
+    text = format_report(summary)
+    assert "## Tests: 1 / 2 passed" in text and "| `tests/test_device_gpu.py::test_b` | failed |" in text
+    assert "| tiny | tensorrt | fp8 | 41.2 | 0.900 | yes |" in text
+    assert "| tensorrt-fp8 | 3.50 | 1.60 |" in text and "Measured on GPU X" in text
+    assert json.loads(json.dumps(summary))["bench"]["speedup_vs_naive"] == {"tensorrt-fp8": 3.5}

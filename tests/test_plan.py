@@ -68,3 +68,45 @@ def test_a100_has_no_fp8_and_says_so():
 def test_plan_rejects_frames_the_vae_cannot_make():
     with pytest.raises(ConfigError, match="num_frames=120"):
         plan("full", "h100", "bf16", PlanSettings(num_frames=120))
+
+
+# ------------------------------------------------------------------ the GPU projection (bench/projection.py)
+def test_overlap_on_one_gpu_is_bounded_by_summed_compute_and_memory():
+    """Two branches on one GPU share its tensor cores and its bandwidth: the overlapped part takes at least the
+    sum of every compute time and the sum of every memory time (and each branch's own time), not max(branches)."""
+    from foresight_engine.bench.projection import StageTime, step_seconds
+
+    def stage(name, compute, memory):
+        return StageTime(name, "fp8", 0.0, 0.0, 0.0, compute, memory)
+    times = {"vision": stage("vision", 1, 0), "prefill": stage("prefill", 2, 1),
+             "text": stage("text", 10, 100),  # memory-bound decode
+             "adapter": stage("adapter", 0, 0), "denoise": stage("denoise", 120, 20), "vae": stage("vae", 10, 5)}
+    step = step_seconds(times)
+    assert step["sequential_s"] == 1 + 2 + 100 + 0 + 120 + 10
+    # max(branches) would say 3 + max(100, 130) = 133; the GPU must still do 140 of compute and 125 of memory
+    assert step["overlap_compute_s"] == 140 and step["overlap_memory_s"] == 125
+    assert step["overlapped_s"] == 3 + 140
+
+
+def test_attention_stays_16_bit_and_the_vision_tower_follows_the_policy(h100_fp8):
+    from foresight_engine.bench.gpus import gpu
+    from foresight_engine.bench.projection import IDEAL, stage_time
+    h100 = gpu("h100")
+    linears = stage_time("denoise", "transformer", 1, 1e12, 0.0, 0.0, h100, "fp8", IDEAL)
+    attention = stage_time("denoise", "transformer", 1, 0.0, 1e12, 0.0, h100, "fp8", IDEAL)
+    assert linears.compute_s == pytest.approx(1 / 1979) and attention.compute_s == pytest.approx(1 / 989)
+    precisions = {s["name"]: s["precision"] for s in h100_fp8["stages"]}
+    assert precisions == {"vision": "bf16", "prefill": "fp8", "text": "fp8", "adapter": "bf16", "denoise": "fp8",
+                          "vae": "bf16"}  # PrecisionPolicy.for_precision("fp8")
+    ideal = h100_fp8["extra"]["projection"]["ideal"]
+    assert h100_fp8["projected_step_s"] == pytest.approx(ideal["overlapped_s"])
+    assert h100_fp8["projected_step_s"] >= ideal["text_branch_s"] + ideal["stages"]["prefill"]["seconds"]
+    assert h100_fp8["projected_step_s"] < h100_fp8["realistic_step_s"] < h100_fp8["realistic_sequential_s"]
+    assert set(h100_fp8["extra"]["projection"]["realistic"]["efficiency"]["sources"]) == {"gemm", "attention",
+                                                                                       "bandwidth"}
+
+
+def test_h100_pcie_is_planned_from_its_own_datasheet():
+    from foresight_engine.bench.gpus import gpu
+    pcie, sxm = gpu("h100-pcie"), gpu("h100")
+    assert pcie.peak_flops("fp8") < sxm.peak_flops("fp8") and pcie.bandwidth == 2.0e12

@@ -4,6 +4,7 @@ through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -213,18 +214,38 @@ ENGINE_CONFIGS: list[EngineConfig] = [
 ]
 
 
-def _artifact_engine(ctx: BenchContext, backend: str, precision: str) -> Engine:
-    """Build (or find in the content-keyed cache) the preset's artifact, then load it like a user would.
-    The gate is off: accuracy is the tests' job, and the bench reports the error it sees anyway."""
+# GPU only (`bench --device cuda`, `make gpu-check`): built TensorRT / Torch-TensorRT stages, the denoising loop
+# replayed as one CUDA graph
+GPU_ENGINE_CONFIGS: list[EngineConfig] = [
+    EngineConfig("tensorrt-bf16", "bf16", lambda ctx: _artifact_engine(ctx, "tensorrt", "bf16", cuda_graphs=True),
+                 "a built artifact: TensorRT plans in bf16, the denoising loop as one CUDA graph"),
+    EngineConfig("tensorrt-fp8", "fp8", lambda ctx: _artifact_engine(ctx, "tensorrt", "fp8", cuda_graphs=True),
+                 "a built artifact: TensorRT plans, FP8 Linears (ModelOpt calibration), one CUDA graph"),
+    EngineConfig("torch-tensorrt-bf16", "bf16",
+                 lambda ctx: _artifact_engine(ctx, "torch-tensorrt", "bf16", cuda_graphs=True),
+                 "a built artifact: Torch-TensorRT stages in bf16, one CUDA graph"),
+]
+
+
+def _artifact_engine(ctx: BenchContext, backend: str, precision: str, **runtime) -> Engine:
+    """Build (or find in the content-keyed cache) the preset's artifact for the bench's request (its image size
+    too: the vision stage is built per image grid), then load it like a user would. The gate is off: accuracy is
+    the tests' job, and the bench reports the error it sees anyway."""
     from ..builders.build import build  # the bench is a builder's client; the engine itself never imports builders
+    from ..models.export_spec import BuildShape
     directory = ctx.artifact_root / f"{ctx.preset}-seed{ctx.seed}-{backend}-{precision}-{ctx.device}"
-    result = build(ctx.base.model, directory, backend=backend, precision=precision, gate=False, device=ctx.device)
-    return Engine.load(result.directory, device=ctx.device)
+    s = ctx.inputs.settings
+    shape = dataclasses.replace(BuildShape.for_config(ctx.base.config, s["height"], s["width"], s["num_frames"],
+                                                      image_size=ctx.inputs.images[-1].shape[:2]),
+                                guidance=s["guidance_scale"] > 1)
+    result = build(ctx.base.model, directory, backend=backend, precision=precision, shape=shape, gate=False,
+                   device=ctx.device)
+    return Engine.load(result.directory, device=ctx.device, **runtime)
 
 
-def contenders(names: list[str] | None = None) -> list[Peer | EngineConfig]:
-    """Peers first (ratios need them), then engine configurations; `names` selects a subset."""
-    everyone = [*PEERS, *ENGINE_CONFIGS]
+def contenders(names: list[str] | None = None, device: str = "cpu") -> list[Peer | EngineConfig]:
+    """Peers first (ratios need them), then engine configurations (the GPU ones on a GPU); `names` selects."""
+    everyone = [*PEERS, *ENGINE_CONFIGS, *(GPU_ENGINE_CONFIGS if device.startswith("cuda") else [])]
     if names is None:
         return everyone
     known = {c.name: c for c in everyone}

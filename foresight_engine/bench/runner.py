@@ -208,7 +208,7 @@ def run_suite(options: SuiteOptions) -> SuiteReport:
     """Stage suites for every engine configuration, then end to end for peers and engines, in one process."""
     start = time.perf_counter()
     ctx = BenchContext(options.preset, seed=options.seed, device=options.device)
-    chosen = contenders(list(options.configs) if options.configs else None)
+    chosen = contenders(list(options.configs) if options.configs else None, options.device)
     model_stage_flops(ctx)
     results: list[Result] = []
     for config in (c for c in chosen if c.role == "engine"):

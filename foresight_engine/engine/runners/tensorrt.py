@@ -106,9 +106,9 @@ class TensorRTStage:
                 raise EngineBuildError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
             if not self.shared_outputs:
                 outputs = [o.clone() for o in outputs]
-            for t in bound:  # inputs bound in place must outlive the launch on this stream
-                t.record_stream(stream)
-            if not capturing:
+            if not capturing:  # (a captured graph keeps its own inputs alive)
+                for t in bound:  # inputs bound in place must outlive the launch on this stream
+                    t.record_stream(stream)
                 self._done = torch.cuda.Event()
                 self._done.record(stream)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
