@@ -358,9 +358,9 @@ def test_gpu_check_refuses_at_once_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "foresight_engine.bench.gpu_check", "--out", str(tmp_path)],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    ours = [line for line in done.stderr.splitlines() if not line.startswith("W")]  # (torch's import-time logs)
-    assert ours == [
-        "gpu-check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check; run it on a GPU machine"]
+    # the last line; the ones before it, if any, are diffusers' and torch's import-time notices about torchao
+    assert done.stderr.strip().splitlines()[-1] == (
+        "gpu-check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check; run it on a GPU machine")
     assert not any(tmp_path.iterdir())  # nothing written
     if shutil.which("make") and not shutil.which("nvidia-smi"):
         done = subprocess.run(["make", "-s", "gpu-check"], cwd=root, capture_output=True, text=True, timeout=60)
