@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from foresight_engine import Engine
+from foresight_engine.models.export_spec import BuildShape
+from foresight_engine.models.glp import GLPModel
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +22,15 @@ def image() -> np.ndarray:
 def other_image() -> np.ndarray:
     rng = np.random.default_rng(1)
     return rng.integers(0, 256, size=(72, 96, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GLPModel:
+    """A fresh tiny model per test module (modules that build artifacts from it)."""
+    return GLPModel.from_preset("tiny", 0)
+
+
+@pytest.fixture(scope="module")
+def shape(tiny) -> BuildShape:
+    """The tiny preset's default build shape."""
+    return BuildShape.for_config(tiny.config)

@@ -28,16 +28,6 @@ PROMPT = "What happens next?"
 
 
 @pytest.fixture(scope="module")
-def tiny() -> GLPModel:
-    return GLPModel.from_preset("tiny", 0)
-
-
-@pytest.fixture(scope="module")
-def shape(tiny) -> BuildShape:
-    return BuildShape.for_config(tiny.config)
-
-
-@pytest.fixture(scope="module")
 def onnx_fp32(tiny, tmp_path_factory):
     # every stage, the vision tower too, for the test images' size (72x96: patch grid 2x4)
     return build(tiny, tmp_path_factory.mktemp("art") / "onnx_fp32", backend="onnx", precision="fp32",

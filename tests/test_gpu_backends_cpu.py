@@ -43,16 +43,6 @@ from foresight_engine.precision import PrecisionPolicy, apply_policy
 H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "sm": "9.0"}  # the build's target, recorded in the key
 
 
-@pytest.fixture(scope="module")
-def tiny() -> GLPModel:
-    return GLPModel.from_preset("tiny", 0)
-
-
-@pytest.fixture(scope="module")
-def shape(tiny) -> BuildShape:
-    return BuildShape.for_config(tiny.config)
-
-
 def _ort(path, quantized: bool = False):
     options = ort.SessionOptions()
     if quantized:  # float8 Q/DQ: ORT's extended optimizations move them onto ops without float8 CPU kernels
