@@ -1,0 +1,76 @@
+"""Where the custom ops are wired: the static denoising loop's LTX blocks and the vision tower's window attention.
+With the ops or without (`set_wiring("off")`), the same results within the precision's tolerance."""
+import copy
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from foresight_engine import kernels
+from foresight_engine.kernels import varlen
+from foresight_engine.models.static_denoiser import StaticDenoiser
+
+
+def _plan_inputs(engine, image, steps=2):
+    request = engine.prepare(image, "What happens next?", num_inference_steps=steps)
+    with torch.inference_mode():
+        prefill = engine.prefill(request, engine.vision(request))
+        cond, mask = engine.adapt(prefill.world_latent)
+        grid = engine.latent_grid(request.settings)
+        latents, _ = engine.initial_latents(request, grid, torch.Generator().manual_seed(0))
+    schedule = engine.model.video_decoder.schedule(steps, grid.num_tokens)
+    return latents, cond, mask, schedule, grid, engine.rope_scale(request.settings)
+
+
+def _run(decoder, inputs, guidance=1.0):
+    denoiser = StaticDenoiser(decoder)
+    plan = denoiser.plan(*inputs, guidance_scale=guidance)
+    return denoiser.run(plan), plan.ops
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_static_loop_with_and_without_the_kernels(engine, image, dtype, tol):
+    decoder = engine.model.video_decoder if dtype == torch.float32 else copy.deepcopy(
+        engine.model.video_decoder).to(dtype)
+    inputs = _plan_inputs(engine, image)
+    with kernels.set_wiring("all"):
+        fused, ops = _run(decoder, inputs, guidance=3.0)  # CFG: two sequences in the varlen self-attention
+    with kernels.set_wiring("off"):
+        plain, none = _run(decoder, inputs, guidance=3.0)
+    assert ops == frozenset(kernels.OPS) and none == frozenset()
+    assert not torch.equal(fused, inputs[0])
+    rel = (fused - plain).norm() / (plain - inputs[0]).norm()  # relative to what the loop moved
+    assert rel < tol, rel
+
+
+def test_vision_tower_window_attention_goes_through_the_op(engine, image, monkeypatch):
+    calls = []
+    op = varlen.varlen_attention
+    monkeypatch.setattr(varlen, "varlen_attention", lambda *a: calls.append(a[3].tolist()) or op(*a))
+    request = engine.prepare(image, "What happens next?")
+    with torch.inference_mode():
+        with kernels.set_wiring("all"):
+            fused = engine.vision(request)
+        assert calls and all(cu[0] == 0 for cu in calls)  # window layouts and whole images, as cu_seqlens
+        with kernels.set_wiring("off"):
+            n = len(calls)
+            plain = engine.vision(request)
+            assert len(calls) == n  # off: transformers' own per-window SDPA (the reference)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_wired_denoising_step_is_graph_safe_on_a_fake_cuda_device(engine, image):
+    """With every op wired on CUDA, one step of the static loop has no host read and no CPU tensor inside."""
+    inputs = _plan_inputs(engine, image)
+    decoder = copy.deepcopy(engine.model.video_decoder)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, kernels.set_wiring("all"):
+        decoder.to("cuda")
+        cuda_inputs = [mode.from_tensor(t).to("cuda") if isinstance(t, torch.Tensor) else t for t in inputs[:3]]
+        schedule = type(inputs[3])(*(mode.from_tensor(t).to("cuda") for t in (inputs[3].timesteps,
+                                                                               inputs[3].sigmas)))
+        denoiser = StaticDenoiser(decoder)
+        with torch.inference_mode():
+            plan = denoiser.plan(*cuda_inputs, schedule, *inputs[4:])
+            assert plan.ops == frozenset(kernels.OPS)
+            denoiser.step(plan, 0)  # a host read would raise DataDependentOutputException here
+        assert plan.latents.device.type == "cuda"
