@@ -116,3 +116,36 @@ def test_kernel(benchmark, op, shape, make):
     if path:
         with open(path, "w") as f:
             json.dump([vars(r) for r in RESULTS], f, indent=2)
+
+
+def test_reasoning_step_with_and_without_the_kernels(benchmark):
+    """What the wiring buys one reasoning step: the small preset's runtime in bf16 (static denoising loop, eager
+    components), the custom ops on (default) or off, predict() timed round-robin; its vision and denoise stages
+    from the predictions' own timings (medians over the same rounds)."""
+    from foresight_engine.bench.contenders import BenchContext
+    from foresight_engine.engine import Engine
+    ctx = BenchContext("small")
+    engine = Engine(ctx.model_at("bf16"), overlap=False)
+    inputs = ctx.inputs
+    last, stages = {}, {"kernels": [], "no kernels": []}
+
+    def step(label, mode):
+        def run():
+            with kernels.set_wiring(mode):
+                last[label] = engine.predict(inputs.images, inputs.prompt, **inputs.settings)
+            stages[label].append(last[label].timings.stages)
+        return run
+    timed = measure_interleaved({"kernels": step("kernels", "auto"), "no kernels": step("no kernels", "off")},
+                                Rounds(warmup=1, rounds=max(3, ROUNDS // 2)))
+    where = "small, runtime-bf16, sequential"
+    RESULTS.append(KernelResult("reasoning step (all wired ops)", where, {
+        "native": statistics.median(timed["kernels"][0]) * 1e3,
+        "reference": statistics.median(timed["no kernels"][0]) * 1e3}))
+    for stage, ops in (("vision", "varlen_attention"), ("denoise", "3 ops in the static loop")):
+        per_mode = {label: statistics.median(s[stage] for s in runs[1:]) * 1e3 for label, runs in stages.items()}
+        RESULTS.append(KernelResult(f"{stage} stage ({ops})", where,
+                                    {"native": per_mode["kernels"], "reference": per_mode["no kernels"]}))
+    benchmark.extra_info.update(medians_ms={r.op: r.medians_ms for r in RESULTS[-3:]})
+    benchmark.pedantic(step("kernels", "auto"), rounds=1, iterations=1)
+    frames = {label: p.frames.astype(int) for label, p in last.items()}
+    assert abs(frames["kernels"] - frames["no kernels"]).mean() < 2.0  # bf16: the same video

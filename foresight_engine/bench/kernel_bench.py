@@ -22,8 +22,10 @@ class KernelResult:
 def kernel_table(results: list[KernelResult]) -> str:
     """Markdown: native time and its speed-up over the reference, inductor's compile of it, and the model code."""
     lines = ["| op | shapes | native ms | vs reference | vs inductor | vs model code |", "|---|---|---|---|---|---|"]
+    def cell(r: KernelResult, contender: str, missing: str = "-") -> str:
+        ratio = r.ratio(contender)
+        return missing if ratio is None else f"{ratio:.2f}x"
     for r in results:
-        model = f"{r.ratio('model code'):.2f}x" if "model code" in r.medians_ms else "(= reference)"
-        lines.append(f"| {r.op} | {r.shape} | {r.medians_ms['native']:.3f} | {r.ratio('reference'):.2f}x | "
-                     f"{r.ratio('inductor'):.2f}x | {model} |")
+        lines.append(f"| {r.op} | {r.shape} | {r.medians_ms['native']:.3f} | {cell(r, 'reference')} | "
+                     f"{cell(r, 'inductor')} | {cell(r, 'model code', '(= reference)')} |")
     return "\n".join(lines)

@@ -19,41 +19,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-FAMILIES = ("GEMMs", "attention", "norms/modulation", "RoPE", "elementwise", "VAE convolutions", "copies", "other")
+from .op_families import FAMILIES, kernel_name, op_family
 
-# first match wins; patterns are matched against the lower-cased op or kernel name
-_RULES: tuple[tuple[str, str], ...] = (
-    ("GEMMs", r"(^|::|_)(mm|addmm|bmm|baddbmm|_int_mm|linear|mkl_linear|linear_pointwise|_weight_int8pack_mm)$"
-              r"|mkldnn_linear|onednn.*linear|qlinear"),
-    ("attention", r"scaled_dot_product|flash_attention|attention|_softmax|softmax"),
-    ("VAE convolutions", r"conv"),
-    ("RoPE", r"neg.*(stack|cat)|(stack|cat).*neg|rotary|rope|^aten::neg$|^aten::stack$"),
-    ("norms/modulation", r"norm|rsqrt|(^|_)mean(_|$)|(^|_)var(_|$)|modulate"),
-    ("copies", r"^aten::(copy_|_to_copy|to|clone|contiguous|cat|index|index_select|index_copy_|gather|where|"
-               r"expand_as|repeat|repeat_interleave|fill_|zero_|zeros|zeros_like|empty|empty_like|"
-               r"new_empty|new_zeros|full|slice_scatter|select_scatter|narrow|constant_pad_nd|pad)$"
-               r"|^cpp_fused_(_to_copy|clone|cat|copy|index|where|constant_pad_nd)(_(_to_copy|clone|cat|copy|index|"
-               r"where|constant_pad_nd|[0-9]+))*$"),
-    ("elementwise", r"^aten::(add|add_|sub|sub_|mul|mul_|div|div_|addcmul|pow|exp|tanh|gelu|silu|sigmoid|clamp|"
-                    r"neg|abs|rsub|sqrt|sin|cos|lerp|maximum|minimum|erf|softplus|relu|leaky_relu)$|^cpp_fused_"),
-)
 _COMPILED = re.compile(r"^(cpp_fused_|triton_)")
 # profiler rows that only group other rows (their self time is Python/dispatch overhead, kept in "other")
 _SKIP = re.compile(r"^(profilerstep|## |torch-compiled region|compiledfxgraph|\[pgo\])")
-
-
-def kernel_name(name: str) -> str:
-    """An inductor kernel's name without the graph prefix the profiler adds (`graph_1_cpp_fused_...`)."""
-    return re.sub(r"^graph_\d+_", "", name)
-
-
-def op_family(name: str) -> str:
-    """The family of a profiler row: an aten op (`aten::addmm`) or an inductor kernel (`cpp_fused_add_mul_0`)."""
-    low = kernel_name(name.lower())
-    for family, pattern in _RULES:
-        if re.search(pattern, low):
-            return family
-    return "other"
 
 
 @dataclass

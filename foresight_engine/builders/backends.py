@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.export import Dim
 
+from .. import kernels
 from ..engine.artifact_loader import PROCESSOR_DIR, WEIGHTS_FILE
 from ..engine.stage_shims import OnnxStage
 from ..errors import BackendUnavailable, ConfigError
@@ -94,7 +95,8 @@ def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path
     with contextlib.redirect_stdout(io.StringIO()), _quiet("onnx_ir", "onnxscript"):  # the exporter is chatty
         torch.onnx.export(module, spec.sample_inputs(shape), str(path), input_names=list(spec.input_names),
                           output_names=list(spec.output_names), dynamo=True, dynamic_shapes=_dynamic_shapes(spec),
-                          opset_version=opset, external_data=False)
+                          opset_version=opset, external_data=False,
+                          custom_translation_table=kernels.onnx_translations())  # custom ops -> standard ops
     entry: dict[str, Any] = {"backend": "onnx", "file": f"{spec.component}/{path.name}"}
     if scales is not None:
         fp8.insert_qdq(path, scales, out_path=path)

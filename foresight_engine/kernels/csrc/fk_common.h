@@ -88,6 +88,15 @@ inline void* aligned(size_t bytes) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// f(row, vectorized) for every row on `threads` OpenMP threads (torch's pool: same libgomp); vectorized is true
+// where this is x86 and the CPU (and the cap) allow AVX-512
+template <class F>
+void for_each_row(int64_t rows, int threads, F f) {
+  const bool vectorized = FK_X86 && isa() >= FK_AVX512;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) f(r, vectorized);
+}
+
 #if FK_X86
 // ---------------------------------------------------------------------------------------------- AVX-512
 FK_TARGET_AVX512 inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }

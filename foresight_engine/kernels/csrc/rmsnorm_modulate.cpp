@@ -1,7 +1,5 @@
 // Fused adaptive-norm modulation: y = rmsnorm(x) * (1 + scale) + shift, optionally quantized (int8 / fp8 e4m3fn,
 // one per-tensor scale) for the next GEMM. One read of x, scale and shift, one write of y, per row.
-#include <omp.h>
-
 #include "fk_common.h"
 
 namespace {
@@ -71,17 +69,11 @@ extern "C" int fk_rmsnorm_modulate(int dtype, const void* x, const void* scale, 
   if (out_dtype != dtype && out_dtype != FK_I8 && out_dtype != FK_F8E4M3) return FK_BAD_DTYPE;
   if (B < 0 || S < 0 || D <= 0) return FK_BAD_SHAPE;
   const Args a{dtype, x, scale, shift, S, D, scale_sb, scale_ss, shift_sb, shift_ss, eps, out_dtype, quant_scale, out};
-  const int64_t rows = B * S;
-  [[maybe_unused]] const bool vec = fk::isa() >= FK_AVX512;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+  fk::for_each_row(B * S, threads, [&](int64_t r, [[maybe_unused]] bool vectorized) {
 #if FK_X86
-    if (vec) {
-      row_avx512(a, r);
-      continue;
-    }
+    if (vectorized) return row_avx512(a, r);
 #endif
     row_scalar(a, r);
-  }
+  });
   return FK_OK;
 }

@@ -1,8 +1,6 @@
 // Query/key RMSNorm (across heads, with weight) fused with the interleaved-pair rotary embedding of LTX-Video:
 // out[2p] = y[2p] cos_p - y[2p+1] sin_p, out[2p+1] = y[2p+1] cos_p + y[2p] sin_p, y = rmsnorm(x) * w.
 // q and k of a token share the compact tables (cos, sin [S, D/2] fp32), so they are read once for both.
-#include <omp.h>
-
 #include "fk_common.h"
 
 namespace {
@@ -66,19 +64,15 @@ extern "C" int fk_rmsnorm_rope(int dtype, const void* q, const void* k, const vo
   if (dtype != FK_F32 && dtype != FK_BF16) return FK_BAD_DTYPE;
   if (B < 0 || S < 0 || D <= 0 || D % 2) return FK_BAD_SHAPE;
   const Args a{dtype, cos, sin, cs_b, S, D, eps};
-  const int64_t rows = B * S;
-  [[maybe_unused]] const bool vec = fk::isa() >= FK_AVX512;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+  fk::for_each_row(B * S, threads, [&](int64_t r, [[maybe_unused]] bool vectorized) {
 #if FK_X86
-    if (vec) {
+    if (vectorized) {
       row_avx512(a, q, q_weight, q_out, r);
-      row_avx512(a, k, k_weight, k_out, r);
-      continue;
+      return row_avx512(a, k, k_weight, k_out, r);
     }
 #endif
     row_scalar(a, q, q_weight, q_out, r);
     row_scalar(a, k, k_weight, k_out, r);
-  }
+  });
   return FK_OK;
 }

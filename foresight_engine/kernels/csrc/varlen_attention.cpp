@@ -3,8 +3,6 @@
 // batch element). One work item = one (sequence, head); its K and V are packed once into per-thread scratch, then
 // query rows go four at a time through scores -> softmax -> P @ V with whole score rows kept in cache.
 // Paths: scalar; AVX-512 (fp32 FMA on converted data); AVX512-BF16 (vdpbf16ps for both products, bf16 inputs).
-#include <omp.h>
-
 #include "fk_common.h"
 
 namespace {
