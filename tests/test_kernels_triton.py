@@ -25,8 +25,9 @@ inside = pytest.mark.skipif(not INSIDE, reason="runs in the interpreter process"
 def test_triton_kernels_under_the_interpreter():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                          capture_output=True, text=True, cwd=os.getcwd(), env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "skipped" not in run.stdout.splitlines()[-1], run.stdout[-2000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert run.returncode == 0 and " passed" in summary, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "1 skipped" in summary or "skipped" not in summary, summary  # only this launcher skips inside
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_triton_rmsnorm_rope(interpreted, dtype):
 
 
 @inside
-@pytest.mark.parametrize("dtype", [torch.float32])  # the interpreter's bf16 tl.dot is wrong: bf16 in tests/test_kernels_gpu.py
+# fp32 only: the interpreter gets bf16 tl.dot wrong (bf16 Triton attention is in tests/test_kernels_gpu.py)
+@pytest.mark.parametrize("dtype", [torch.float32])
 def test_triton_varlen_attention(interpreted, dtype):
     g = torch.Generator().manual_seed(0)
     lengths = [5, 0, 21]

@@ -74,3 +74,35 @@ def test_wired_denoising_step_is_graph_safe_on_a_fake_cuda_device(engine, image)
             assert plan.ops == frozenset(kernels.OPS)
             denoiser.step(plan, 0)  # a host read would raise DataDependentOutputException here
         assert plan.latents.device.type == "cuda"
+
+
+def vision_layout(grid_thw: torch.Tensor, config) -> dict:
+    """The vision tower's window layout, computed on the host (what an exported/graphed tower takes as inputs)."""
+    from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+    window_index, cu_windows = get_vision_window_index(grid_thw, spatial_merge_size=config.spatial_merge_size,
+                                                       window_size=config.window_size, patch_size=config.patch_size)
+    cu = get_vision_cu_seqlens(grid_thw)
+    longest = lambda c: int((c[1:] - c[:-1]).max())  # noqa: E731
+    return dict(position_ids=get_vision_position_ids(grid_thw, config.spatial_merge_size), window_index=window_index,
+                cu_window_seqlens=cu_windows, cu_seqlens=cu, max_seqlen=longest(cu),
+                max_window_seqlen=longest(cu_windows))
+
+
+def test_vision_tower_with_a_host_computed_layout_is_graph_safe_on_fake_cuda(engine, image):
+    """With the layout as tensors and varlen_attention inside, the vision tower reads nothing back and mixes no
+    device: what exporting it (TensorRT) and graphing it need."""
+    request = engine.prepare(image, "What happens next?")
+    visual = engine.model.vision_tower.visual
+    layout = vision_layout(request.image_grid_thw, visual.config)
+    with torch.inference_mode():
+        want = visual(request.pixel_values, grid_thw=request.image_grid_thw).pooler_output
+        torch.testing.assert_close(visual(request.pixel_values, grid_thw=request.image_grid_thw, **layout)
+                                   .pooler_output, want, rtol=1e-5, atol=1e-5)
+    tower = copy.deepcopy(visual)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, kernels.set_wiring("all"):
+        tower.to("cuda")
+        cuda = lambda t: mode.from_tensor(t).to("cuda") if isinstance(t, torch.Tensor) else t  # noqa: E731
+        with torch.inference_mode():
+            out = tower(cuda(request.pixel_values), grid_thw=cuda(request.image_grid_thw),
+                        **{k: cuda(v) for k, v in layout.items()}).pooler_output
+    assert out.shape == want.shape and out.device.type == "cuda"

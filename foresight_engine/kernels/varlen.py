@@ -125,7 +125,7 @@ def _cuda(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     _check(q, k, v, cu_seqlens, max_seqlen)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     cu = cu_seqlens.to(torch.int32)
-    if q.dtype != torch.float32:
+    if q.dtype != torch.float32 and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:  # what flash-attn takes
         try:
             from flash_attn import flash_attn_varlen_func
         except ImportError:
@@ -146,9 +146,11 @@ def _vision_attention(module, query: Tensor, key: Tensor, value: Tensor, attenti
                       **kwargs) -> tuple[Tensor, None]:
     """transformers' attention interface for Qwen2.5-VL's vision blocks: query/key/value [1, H, T, d] with
     cu_seqlens (windows, or one sequence per image) -> [1, T, H, d]. Where the op is not wired, the reference (one
-    SDPA per sequence, what transformers' own SDPA path does)."""
+    SDPA per sequence, what transformers' own SDPA path does), and where gradients are needed (the op is
+    inference-only)."""
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, d] views
-    fn = varlen_attention if wired("varlen_attention", q.device) else reference
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))  # the op has no backward
+    fn = varlen_attention if wired("varlen_attention", q.device) and not differentiable else reference
     return fn(q, k, v, cu_seq_lens_q, int(max_length_q), scaling).unsqueeze(0), None
 
 

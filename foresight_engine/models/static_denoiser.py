@@ -181,7 +181,7 @@ class StaticDenoiser:
 
     @staticmethod
     def _modulate(norm, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ops: frozenset[str]):
-        if "rmsnorm_modulate" in ops:
+        if "rmsnorm_modulate" in ops and not torch.compiler.is_compiling():  # inductor fuses it as well
             return kernels.rmsnorm_modulate(h, scale, shift, norm.eps)
         return norm(h) * (1 + scale) + shift
 
@@ -226,7 +226,8 @@ class GraphedDenoiseLoop:
 
     @staticmethod
     def _key(plan: DenoisePlan) -> tuple:
-        return (plan.pinned, plan.batch, plan.guidance_scale, tuple((t.shape, t.dtype) for t in plan.tensors()))
+        return (plan.pinned, plan.batch, plan.guidance_scale, plan.ops,
+                tuple((t.shape, t.dtype) for t in plan.tensors()))
 
     def run(self, plan: DenoisePlan) -> torch.Tensor:
         with self._lock:
