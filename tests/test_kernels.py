@@ -213,3 +213,22 @@ def test_wiring_switch():
             pass
     with pytest.raises(KernelError, match="flash"):
         kernels.wired("flash", "cpu")
+
+
+def test_threads_split_work_without_changing_results():
+    """Rows (norms) and (sequence, head) items (attention) are independent: 2 threads give the 1-thread bits.
+    The shapes are large enough to pass the kernels' grain (small calls stay on the calling thread)."""
+    x, scale, shift = _modulate_inputs(torch.bfloat16, b=1, s=512, d=256)
+    q, k, qw, kw, cos, sin = _rope_inputs(torch.bfloat16, b=1, s=512, d=256)
+    qa, ka, va, cu = _attention_inputs(torch.bfloat16, [300, 200], heads=4, d=64)
+    calls = (lambda: kernels.rmsnorm_modulate(x, scale, shift, 1e-6),
+             lambda: kernels.rmsnorm_rope(q, k, qw, kw, cos, sin, 1e-5)[1],
+             lambda: kernels.varlen_attention(qa, ka, va, cu, 300))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = [f() for f in calls]
+        torch.set_num_threads(2)
+        assert all(torch.equal(f(), want) for f, want in zip(calls, serial))
+    finally:
+        torch.set_num_threads(before)

@@ -88,12 +88,19 @@ inline void* aligned(size_t bytes) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// f(row, vectorized) for every row on `threads` OpenMP threads (torch's pool: same libgomp); vectorized is true
-// where this is x86 and the CPU (and the cap) allow AVX-512
+// at most `threads`, and no more than `work / grain` of them: a small call stays on the calling thread (like torch's
+// parallel_for grain), so it never waits for a second thread that a busy machine has descheduled
+inline int threads_for(int64_t work, int64_t grain, int threads) {
+  const int64_t useful = work / grain;
+  return (int)(useful < 1 ? 1 : (useful < threads ? useful : (threads > 0 ? threads : 1)));
+}
+
+// f(row, vectorized) for every row on OpenMP threads (torch's pool: same libgomp); vectorized is true where this
+// is x86 and the CPU (and the cap) allow AVX-512. `row_elements` sizes the work (grain: 32768 elements per thread).
 template <class F>
-void for_each_row(int64_t rows, int threads, F f) {
+void for_each_row(int64_t rows, int64_t row_elements, int threads, F f) {
   const bool vectorized = FK_X86 && isa() >= FK_AVX512;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+#pragma omp parallel for num_threads(threads_for(rows * row_elements, 32768, threads)) schedule(static)
   for (int64_t r = 0; r < rows; ++r) f(r, vectorized);
 }
 

@@ -69,7 +69,7 @@ extern "C" int fk_rmsnorm_modulate(int dtype, const void* x, const void* scale, 
   if (out_dtype != dtype && out_dtype != FK_I8 && out_dtype != FK_F8E4M3) return FK_BAD_DTYPE;
   if (B < 0 || S < 0 || D <= 0) return FK_BAD_SHAPE;
   const Args a{dtype, x, scale, shift, S, D, scale_sb, scale_ss, shift_sb, shift_ss, eps, out_dtype, quant_scale, out};
-  fk::for_each_row(B * S, threads, [&](int64_t r, [[maybe_unused]] bool vectorized) {
+  fk::for_each_row(B * S, D, threads, [&](int64_t r, [[maybe_unused]] bool vectorized) {
 #if FK_X86
     if (vectorized) return row_avx512(a, r);
 #endif

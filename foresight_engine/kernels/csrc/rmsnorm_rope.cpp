@@ -64,7 +64,7 @@ extern "C" int fk_rmsnorm_rope(int dtype, const void* q, const void* k, const vo
   if (dtype != FK_F32 && dtype != FK_BF16) return FK_BAD_DTYPE;
   if (B < 0 || S < 0 || D <= 0 || D % 2) return FK_BAD_SHAPE;
   const Args a{dtype, cos, sin, cs_b, S, D, eps};
-  fk::for_each_row(B * S, threads, [&](int64_t r, [[maybe_unused]] bool vectorized) {
+  fk::for_each_row(B * S, 2 * D, threads, [&](int64_t r, [[maybe_unused]] bool vectorized) {
 #if FK_X86
     if (vectorized) {
       row_avx512(a, q, q_weight, q_out, r);

@@ -239,11 +239,12 @@ extern "C" int fk_varlen_attention(int dtype, const void* q, const void* k, cons
                                    float softmax_scale, int threads) {
   if (dtype != FK_F32 && dtype != FK_BF16) return FK_BAD_DTYPE;
   if (num_seqs < 0 || heads <= 0 || head_dim <= 0) return FK_BAD_SHAPE;
-  int64_t max_len = 0;
+  int64_t max_len = 0, macs = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     const int64_t len = (int64_t)cu_seqlens[i + 1] - cu_seqlens[i];
     if (len < 0) return FK_BAD_SHAPE;
     max_len = len > max_len ? len : max_len;
+    macs += 2 * len * len * head_dim * heads;
   }
   const Args a{dtype, q, k, v, out, cu_seqlens, heads, head_dim, q_st, q_sh, k_st, k_sh, v_st, v_sh, softmax_scale};
   const int level = fk::isa();
@@ -251,7 +252,7 @@ extern "C" int fk_varlen_attention(int dtype, const void* q, const void* k, cons
   const int64_t Lp = round_up(max_len + 1, 32), dv = round_up(head_dim, 16), d2 = round_up(head_dim, 2);
   const int64_t items = num_seqs * heads;
   int status = FK_OK;
-#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+#pragma omp parallel num_threads(fk::threads_for(macs, 1 << 20, threads))
   {
     Scratch w{(float*)aligned(sizeof(float) * d2 * Lp), (float*)aligned(sizeof(float) * Lp * dv),
               (float*)aligned(sizeof(float) * R * Lp), (float*)aligned(sizeof(float) * R * d2),
