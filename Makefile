@@ -4,36 +4,50 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean gpu-check gpu-suite
+# The native kernels (CMakeLists.txt) build against nothing but a C++ compiler (and nvcc, when present): rebuilt
+# when a source changes, before anything that runs the model.
+KERNELS_LIB := foresight_engine/kernels/_native/libforesight_kernels.so
+KERNELS_SRC := CMakeLists.txt $(wildcard foresight_engine/kernels/csrc/*.h foresight_engine/kernels/csrc/*.cpp \
+                                         foresight_engine/kernels/csrc/cuda/*.cu)
+CMAKE_GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
+
+.PHONY: demo test install bench kernels gpu-check gpu-suite clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+$(KERNELS_LIB): $(KERNELS_SRC)
+	cmake -S . -B build/kernels $(CMAKE_GENERATOR) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/kernels --parallel
+	touch $@
+
 install: $(STAMP)
 
-demo: $(STAMP)
+kernels: $(KERNELS_LIB)
+
+demo: $(STAMP) $(KERNELS_LIB)
 	$(BIN)/foresight-engine predict --preset tiny --image assets/example.png \
 		--prompt "What happens next? Describe the motion." --out out/demo
 	@echo "demo video: $(CURDIR)/out/demo/prediction.mp4"
 
-test: $(STAMP)
+test: $(STAMP) $(KERNELS_LIB)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(STAMP) $(KERNELS_LIB)
 	$(BIN)/python -m pytest bench -q -p no:cacheprovider
 
-# The GPU acceptance suite (after `make test`, on a machine with an NVIDIA GPU): TensorRT / Torch-TensorRT builds
-# checked against eager on the GPU, CUDA graphs, streams, the GPU bench; writes out/gpu-check/report.{md,json}.
-# Without a GPU it stops at once, before touching the environment.
+# The GPU acceptance suite (after `make test`, on a machine with an NVIDIA GPU): `pytest -m gpu` (TensorRT and
+# Torch-TensorRT builds checked against eager on the GPU, CUDA graphs, streams, the kernels' GPU paths) and the GPU
+# bench; writes out/gpu-check/report.{md,json}. Without a GPU it stops at once, before touching the environment.
 gpu-check:
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU here (nvidia-smi finds none): nothing to check; run it on a GPU machine"; exit 2; }
 	@$(MAKE) --no-print-directory gpu-suite
 
-gpu-suite: $(STAMP)
+gpu-suite: $(STAMP) $(KERNELS_LIB)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,tensorrt,gpu]'
 	$(BIN)/python -m foresight_engine.bench.gpu_check --out out/gpu-check
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache build/kernels foresight_engine/kernels/_native

@@ -110,3 +110,13 @@ def test_h100_pcie_is_planned_from_its_own_datasheet():
     from foresight_engine.bench.gpus import gpu
     pcie, sxm = gpu("h100-pcie"), gpu("h100")
     assert pcie.peak_flops("fp8") < sxm.peak_flops("fp8") and pcie.bandwidth == 2.0e12
+
+
+def test_plan_splits_each_stage_by_operator_family(h100_fp8):
+    """`plan --by-family`: the denoiser's matmuls and attention are compute, its norms/RoPE/elementwise memory."""
+    from foresight_engine.bench.op_families import FAMILIES
+    families = h100_fp8["families"]
+    assert set(families) <= set(FAMILIES)
+    denoise = {f: stages.get("denoise", 0.0) for f, stages in families.items()}
+    assert denoise["GEMMs"] > 0 and denoise["attention"] > 0 and denoise["norms/modulation"] > 0
+    assert denoise["RoPE"] > 0 and families["VAE convolutions"]["vae"] > 0

@@ -2,7 +2,7 @@
 whoever has a GPU, after `make test`.
 
 1. Without a CUDA GPU it stops at once with one line (exit status 2).
-2. `pytest -m gpu` on tests/test_device_gpu.py and tests/test_gpu_acceptance.py: tiny and small built with
+2. `pytest -m gpu` (tests/test_gpu_acceptance.py, test_device_gpu.py, test_kernels_gpu.py): tiny and small built with
    `tensorrt` (fp16, bf16, fp8) and `torch-tensorrt` (bf16) on the GPU, loaded with device="cuda", tokens and frames
    against eager on the GPU under the accuracy gate, the denoising loop captured and replayed as one CUDA graph,
    text overlapped with video on two streams. Each test appends a record (JSON lines).
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 NO_GPU = "gpu-check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check; run it on a GPU machine"
-TESTS = ("tests/test_device_gpu.py", "tests/test_gpu_acceptance.py")
+TESTS = ("tests",)  # every `gpu` test: the acceptance suite, the device and kernel GPU tests
 
 
 class _Outcomes:

@@ -24,6 +24,7 @@ from ..models.video_decoder import VideoDecoder, transformer_kwargs
 from ..models.video_geometry import VideoGeometry
 from .flops import OpCount, count
 from .gpus import GPUSpec, gpu as gpu_spec
+from .op_families import FAMILIES
 from .projection import IDEAL, REALISTIC, policy_precision, project_step
 
 # Qwen2.5-VL's special token ids (the count does not depend on them, the model config needs them).
@@ -96,6 +97,8 @@ class Plan:
     note: str = ("PROJECTION (roofline lower bound from datasheet peaks, counted on the meta device), "
                  "not a measurement")
     extra: dict = field(default_factory=dict)
+    # {family: {stage: projected seconds of all calls}}: op by op, nothing fused (op_families.FamilyCounter)
+    families: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,11 +191,18 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
     spec.peak_flops(precision)  # raises when the GPU lacks it (A100 and FP8)
     ideal, realistic = (project_step(stages, spec, precision, eff, STAGE_COMPONENT, element_bytes)
                         for eff in (IDEAL, REALISTIC))
-    plans = []
+    plans, families = [], {}
     for s in stages:
         t = ideal["stages"][s.name]
         plans.append(StagePlan(s.name, s.calls, t["gemm_flops"] + t["attention_flops"], t["bytes"], t["seconds"],
                                "compute" if t["compute_s"] >= t["memory_s"] else "memory", t["precision"]))
+        p = t["precision"]
+        for family, c in s.per_call.by_family.items():
+            # GEMMs and convolutions run at the stage's precision, attention and the rest in 16 bits
+            peak = spec.peak_flops(p if family in ("GEMMs", "VAE convolutions") else
+                                   ("fp16" if p == "fp16" else "bf16"))
+            seconds = max(c.flops / peak, c.bytes(*element_bytes(p)) / spec.bandwidth) * s.calls
+            families.setdefault(family, {})[s.name] = seconds
     weights = weight_memory(params, precision)
     kv = params["kv_cache_elements"] * ACTIVATION_BYTES
     largest = max(s.per_call.largest_op_elements for s in stages) * ACTIVATION_BYTES
@@ -206,7 +216,8 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
                 extra={"peak_tflops": spec.peak_tflops, "bandwidth_tb_s": spec.bandwidth_tb_s,
                        "projection": {"ideal": ideal, "realistic": realistic},
                        "weight_memory_bytes_by_precision": {q: weight_memory(params, q) for q in WEIGHT_BYTES},
-                       "parameters": {k: v for k, v in params.items() if k != "kv_cache_elements"}})
+                       "parameters": {k: v for k, v in params.items() if k != "kv_cache_elements"}},
+                families=families)
 
 
 def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
@@ -216,6 +227,21 @@ def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
     settings = settings or PlanSettings()
     stages, params = count_stages(preset(preset_name), settings)
     return project(stages, params, spec, precision, preset_name, settings)
+
+
+def format_families(p: Plan) -> str:
+    """Projected ms per operator family and stage, op by op (no fusion), and each family's share of the step."""
+    stages = [st.name for st in p.stages]
+    total = sum(sum(v.values()) for v in p.families.values()) or 1.0
+    lines = [f"by operator family, op by op (nothing fused): projected ms on {p.gpu_label} at {p.precision}",
+             f"{'family':<18}" + "".join(f"{s:>9}" for s in stages) + f"{'step ms':>10}{'share':>8}"]
+    for family in FAMILIES:
+        row = p.families.get(family, {})
+        if not row:
+            continue
+        lines.append(f"{family:<18}" + "".join(f"{row.get(s, 0.0) * 1e3:>9.1f}" for s in stages)
+                     + f"{sum(row.values()) * 1e3:>10.1f}{sum(row.values()) / total * 100:>7.1f}%")
+    return "\n".join(lines)
 
 
 def format_plan(p: Plan) -> str:

@@ -3,8 +3,8 @@
 Every artifact holds each component's weights (in the component's precision) and the processor; `eager` and
 `compile` add nothing (compile's options are in the manifest: the engine compiles at load). `EXPORTERS[backend]`
 writes a built stage's files and returns its `StageEntry`. One `torch.export` per stage feeds all of them:
-- `onnx`: `<stage>.onnx` (torch.onnx from the exported program; float8 Q/DQ under FP8), checked in ONNX Runtime on
-  the CPU against the eager stage (FP8-simulated when quantized);
+- `onnx`: `<stage>.onnx` (torch.onnx from the exported program, the custom ops translated to standard ones; float8
+  Q/DQ under FP8), checked in ONNX Runtime on the CPU against the eager stage (FP8-simulated when quantized);
 - `tensorrt`: the same graph, built into `<stage>.plan` (strongly typed: precision from the graph's types and Q/DQ
   nodes; one optimization profile from the stage's ExportSpec with `opt` at the built request shape), then checked
   ON THE GPU against the eager stage on the GPU (ONNX Runtime's CPU provider has no bf16 kernels and is not what
@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import kernels
 from ..artifact import PROCESSOR_DIR, StageEntry, stage_file, weights_file
 from ..backends import Backend
 from ..engine.runners.buffers import BufferPlan
@@ -128,7 +129,7 @@ def write_graph(job: ExportJob, entry: StageEntry) -> StageEntry:
         program = torch.onnx.export(job.export(), (), input_names=list(job.spec.input_names),
                                     output_names=list(job.spec.output_names), dynamo=True,
                                     opset_version=job.plan.factors.options["opset"],
-                                    custom_translation_table=CUSTOM_TRANSLATIONS)
+                                    custom_translation_table={**kernels.onnx_translations(), **CUSTOM_TRANSLATIONS})
     model = program.model_proto
     if job.quantization is not None:
         fp8.insert_qdq(model, job.quantization.scales, prefix=job.quantization.prefix, inplace=True)
@@ -187,8 +188,9 @@ def write_program(job: ExportJob, entry: StageEntry) -> StageEntry:
     if job.quantization is not None:  # ModelOpt's fake-quantized copy: Torch-TensorRT makes its quantizers FP8
         from . import modelopt_fp8
         module = modelopt_fp8.with_scales(module, job.quantization.scales)
-    torch_tensorrt.export_program(module, job.spec, job.sample_inputs(), job.out / rel,
-                                  modelopt=job.quantization is not None)
+    with kernels.set_wiring("off"):  # aten ops only: Torch-TensorRT has no converter for the project's custom ops
+        torch_tensorrt.export_program(module, job.spec, job.sample_inputs(), job.out / rel,
+                                      modelopt=job.quantization is not None)
     return dataclasses.replace(_entry_with_plan(job, entry, buffer_plan(job)), program=rel)
 
 

@@ -9,9 +9,9 @@ exports, builds and graphs like every other stage, and the engine runs it once p
 attention never cross images, so per-image calls equal the batched one).
 
 Attention inside a block goes through ONE function, `varlen_attention(q, k, v, cu_seqlens, max_seqlen)`
-(flash-attn's varlen convention): at merge time it can be swapped for the kernel op of the custom-kernels work
-(`foresight::varlen_attention`, whose `padded` form exports to the same standard ONNX ops) without touching the
-tower.
+(flash-attn's varlen convention): the custom op `foresight::varlen_attention` where it is wired
+(`kernels/wiring.py`; native CPU kernel, flash-attn / Triton on CUDA; its ONNX translation is standard ops), else the
+same math in fixed shapes here (a padded batch with a key-padding mask).
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
+from .. import kernels
 from ..config import ModelConfig, VisionConfig
+from ..kernels import varlen as varlen_op
 
 ROPE_THETA = 10000.0  # Qwen2.5-VL's vision rotary base
 
@@ -35,11 +37,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      max_seqlen: int) -> torch.Tensor:
     """Attention within each packed sequence, nothing across them: q, k, v [T, H, d]; sequence i is the tokens
     [cu_seqlens[i], cu_seqlens[i + 1]); `max_seqlen` (a Python int, part of the shape) >= every length. -> [T, H, d].
+    Scale d ** -0.5, no causality (the vision tower's attention).
 
-    Fixed shapes, no host read: the sequences are gathered into a padded batch [S, H, max_seqlen, d], attended with
-    a key-padding mask, and each token's row is gathered back. Scale d ** -0.5, no causality (the vision tower's
-    attention). The one attention call of the vision tower: replace its body to use another kernel.
+    The custom op where wired (not under autograd: it has no backward). Otherwise fixed shapes, no host read: the
+    sequences are gathered into a padded batch [S, H, max_seqlen, d], attended with a key-padding mask, and each
+    token's row is gathered back.
     """
+    if kernels.wired("varlen_attention", q.device) and not (torch.is_grad_enabled() and q.requires_grad):
+        return varlen_op.varlen_attention(q, k, v, cu_seqlens, max_seqlen)
     total = q.shape[0]
     cu = cu_seqlens.long()
     starts, lengths = cu[:-1], cu[1:] - cu[:-1]  # [S]
@@ -126,6 +131,8 @@ class VisionTower(nn.Module):
     def __init__(self, visual: nn.Module):
         super().__init__()
         self.visual = visual
+        # transformers' own forward of this tower (the peers', the planner's): attention through the op too
+        kernels.use_in_vision_tower(visual)
 
     @property
     def dtype(self) -> torch.dtype:
