@@ -269,9 +269,9 @@ def format_projection(p: Plan) -> list[str]:
     eff = real["efficiency"]
     return [
         "(stage ms: datasheet peaks; GEMMs at the stage's precision, attention at the 16-bit rate)",
-        f"step, sequential:                      bound {ideal['sequential_s'] * 1e3:6.0f} ms   realistic "
+        f"{'step, sequential:':<43}bound {ideal['sequential_s'] * 1e3:6.0f} ms   realistic "
         f"{real['sequential_s'] * 1e3:6.0f} ms",
-        f"step, text overlapped with video, one GPU: bound {ideal['overlapped_s'] * 1e3:6.0f} ms   realistic "
+        f"{'step, text overlapped with video, one GPU:':<43}bound {ideal['overlapped_s'] * 1e3:6.0f} ms   realistic "
         f"{real['overlapped_s'] * 1e3:6.0f} ms",
         f"  overlapped part >= max(compute {ideal['overlap_compute_s'] * 1e3:.0f} ms summed over both branches, "
         f"memory {ideal['overlap_memory_s'] * 1e3:.0f} ms summed, text branch {ideal['text_branch_s'] * 1e3:.0f} ms, "

@@ -12,15 +12,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 
 from ..artifact import ComponentEntry, Manifest, build_atomically, cached, write_manifest
 from ..backends import Backend
 from ..device import resolve_device
+from ..errors import ConfigError
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
-from ..errors import ConfigError
 from ..precision import Precision, PrecisionPolicy, apply_policy
 from . import fp8
 from .accuracy import AccuracyReport, AccuracyThresholds
