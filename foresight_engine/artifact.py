@@ -16,8 +16,8 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -150,9 +150,15 @@ def _rebuild(reason: str) -> ArtifactError:
 
 def read_manifest(directory: str | Path) -> Manifest:
     """Parse `DIR/manifest.json` (no file checks); `ArtifactError` when missing or malformed."""
-    path = Path(directory) / MANIFEST
+    directory = Path(directory)
+    path = directory / MANIFEST
     if not path.is_file():
-        raise _rebuild(f"no {MANIFEST} in {directory} (not an artifact, or its build did not finish)")
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: not an artifact directory (it does not exist)", argument="directory")
+        unfinished = ".tmp-" in directory.name  # `build_atomically`'s temp folder, left by a killed build
+        raise ArtifactError(f"{directory}: not an artifact directory (no {MANIFEST}"
+                            + ("; a build that did not finish: build again)" if unfinished else ")"),
+                            argument="directory")
     try:
         manifest = Manifest.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
@@ -246,7 +252,9 @@ def build_atomically(directory: str | Path, key: str, write: Callable[[Path], Ma
             return hit, True
         for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by killed builds (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+        # plain mkdir keeps the user's umask (a shared cache stays group-readable/writable); mkdtemp makes it 0700
+        tmp.mkdir()
         try:
             manifest = write(tmp)
             if manifest.key != key:
@@ -285,9 +293,10 @@ def describe(manifest: Manifest) -> str:
         lines.append(f"    {name:14s} {comp.get('precision'):5s} {stages}")
         if comp.get("note"):
             lines.append(f"    {'':14s} note: {comp['note']}")
-    if manifest.report:
+    other = {k: v for k, v in manifest.report.items() if k != "accuracy"}  # the accuracy table: `inspect`
+    if other:
         lines.append("  report:")
-        for k, v in manifest.report.items():
+        for k, v in other.items():
             lines.append(f"    {k}: {json.dumps(v, default=str)}")
     total = sum(v["bytes"] for v in manifest.files.values())
     lines.append(f"  files: {len(manifest.files)} ({total / 1e6:.1f} MB)")

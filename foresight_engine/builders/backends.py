@@ -11,7 +11,7 @@ import copy
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch.export import Dim
@@ -111,9 +111,14 @@ def export_onnx(model: GLPModel, spec: ExportSpec, shape: BuildShape, path: Path
     return entry
 
 
-def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
-                 scales: dict[str, fp8.Fp8Scales]) -> dict[str, dict[str, Any]]:
-    """Component manifest entries: {component: {precision, stages: {stage: entry}}}; writes the ONNX files."""
+EXPORTING_BACKENDS = ("onnx", "tensorrt")  # backends whose stages are exported (and so take time) at build
+
+
+def write_stages(model: GLPModel, plan: BuildPlan, out: Path, scales: dict[str, fp8.Fp8Scales],
+                 step: Callable[[str], ContextManager] = lambda what: contextlib.nullcontext()
+                 ) -> dict[str, dict[str, Any]]:
+    """Component manifest entries: {component: {precision, stages: {stage: entry}}}; writes the ONNX files.
+    `step(what)` wraps each export (the build's progress bar)."""
     specs = export_specs(model.config)
     components: dict[str, dict[str, Any]] = {name: {"precision": plan.policy.of(name).value, "stages": {}}
                                              for name in model.components()}
@@ -121,16 +126,17 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
         # what the stage really runs in: fp8 only where it was calibrated and got Q/DQ nodes
         entry = stage.to_dict() | {"precision": "fp8" if name in scales else
                                    str(plan.policy.dtype(stage.component)).removeprefix("torch.")}
-        if stage.backend in ("onnx", "tensorrt"):
-            onnx_path = out / stage.component / f"{name}.onnx"
-            entry.update(export_onnx(model, specs[name], plan.shape, onnx_path, plan.factors.options["opset"],
-                                     scales.get(name)))
-        if stage.backend == "tensorrt":
-            # strongly typed: precision comes from the graph's types and its float8 Q/DQ nodes
-            config = tensorrt.TensorRTBuildConfig.from_profile(stage.profile)
-            engine_path = tensorrt.build_engine(onnx_path, config, onnx_path.with_suffix(".plan"),
-                                                timing_cache_dir=TIMING_CACHE_DIR)
-            entry.update(backend="tensorrt", engine=f"{stage.component}/{engine_path.name}",
-                         tensorrt_config=config.to_dict())
+        if stage.backend in EXPORTING_BACKENDS:
+            with step(f"export {name}"):
+                onnx_path = out / stage.component / f"{name}.onnx"
+                entry.update(export_onnx(model, specs[name], plan.shape, onnx_path, plan.factors.options["opset"],
+                                         scales.get(name)))
+                if stage.backend == "tensorrt":
+                    # strongly typed: precision comes from the graph's types and its float8 Q/DQ nodes
+                    config = tensorrt.TensorRTBuildConfig.from_profile(stage.profile)
+                    engine_path = tensorrt.build_engine(onnx_path, config, onnx_path.with_suffix(".plan"),
+                                                        timing_cache_dir=TIMING_CACHE_DIR)
+                    entry.update(backend="tensorrt", engine=f"{stage.component}/{engine_path.name}",
+                                 tensorrt_config=config.to_dict())
         components[stage.component]["stages"][name] = entry
     return components

@@ -6,6 +6,7 @@ engine's loader -> manifest last -> rename into place.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -21,10 +22,12 @@ from ..models.glp import GLPModel
 from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
 from . import fp8
 from .accuracy import AccuracyReport, AccuracyThresholds
-from .backends import check_backend_available, check_precision_supported, write_stages, write_weights
+from .backends import (EXPORTING_BACKENDS, check_backend_available, check_precision_supported, write_stages,
+                       write_weights)
 from .calibration import CalibrationSample, calibration_batches
 from .gate import enforce, measure
 from .plan import BuildPlan, resolve_plan
+from .progress import BuildProgress
 from .source import ModelSource, weights_hash
 
 log = logging.getLogger(__name__)
@@ -61,42 +64,52 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str =
           precision: str | Precision | PrecisionPolicy = "fp32", shape: BuildShape | None = None,
           steps: int | None = None, calibration: list[CalibrationSample] | None = None, gate: bool = True,
           thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False,
-          stages: tuple[str, ...] | None = None) -> BuildResult:
-    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring."""
+          stages: tuple[str, ...] | None = None, progress: bool = False) -> BuildResult:
+    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring.
+    `progress`: a bar over the build's steps on stderr (shown only when stderr is a terminal)."""
     start = time.perf_counter()
     check_backend_available(backend, device)
     policy = resolve_policy(precision, backend, device)
-    reference = source if isinstance(source, GLPModel) else source.load()
-    shape = shape or BuildShape.for_config(reference.config)
-    fp8_stages = [s for s in export_specs(reference.config).values()
-                  if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
-    batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
-    calib_hash = fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage]) if batches else None
-    plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash, stages)
-    out_dir = Path(out_dir)
-    if dry_run:
-        return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,
-                           time.perf_counter() - start)
-    report: list[AccuracyReport] = []
+    with BuildProgress(progress) as bar:
+        with bar.step("load model"):
+            reference = source if isinstance(source, GLPModel) else source.load()
+        shape = shape or BuildShape.for_config(reference.config)
+        fp8_stages = [s for s in export_specs(reference.config).values()
+                      if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
+        with bar.step("plan"):
+            batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
+            calib_hash = fp8.batches_digest(b for st in sorted(batches) for b in batches[st]) if batches else None
+            plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash,
+                                stages)
+        out_dir = Path(out_dir)
+        if dry_run:
+            return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,
+                               time.perf_counter() - start)
+        exports = sum(s.backend in EXPORTING_BACKENDS for s in plan.stages.values())
+        bar.expect(2 + 1 + bool(fp8_stages) + exports + 1)  # load, plan; weights; calibrate; exports; gate
+        report: list[AccuracyReport] = []
 
-    def write(tmp: Path) -> Manifest:
-        model = copy.deepcopy(reference)
-        apply_policy(model.components(), policy)
-        write_weights(model, tmp)
-        scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
-        manifest = Manifest(plan.key, plan.factors, write_stages(model, plan, tmp, scales))
-        manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
-        write_manifest(tmp, manifest)  # the loader verifies it; rewritten below with the accuracy report
-        accuracy = measure(reference, tmp, shape, policy, steps)
-        manifest.report["accuracy"] = accuracy.to_dict()
-        report.append(accuracy)
-        if gate:
-            enforce(accuracy, policy, reference.config, thresholds)
-        else:
-            log.warning("accuracy gate skipped (--no-gate); measured: %s", accuracy.to_dict())
-        return manifest
+        def write(tmp: Path) -> Manifest:
+            with bar.step("weights"):
+                model = copy.deepcopy(reference)
+                apply_policy(model.components(), policy)
+                write_weights(model, tmp)
+            with bar.step("fp8 calibration") if fp8_stages else contextlib.nullcontext():
+                scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
+            manifest = Manifest(plan.key, plan.factors, write_stages(model, plan, tmp, scales, bar.step))
+            manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
+            write_manifest(tmp, manifest)  # the loader verifies it; rewritten below with the accuracy report
+            with bar.step("accuracy gate"):
+                accuracy = measure(reference, tmp, shape, policy, steps)
+            manifest.report["accuracy"] = accuracy.to_dict()
+            report.append(accuracy)
+            if gate:
+                enforce(accuracy, policy, reference.config, thresholds)
+            else:
+                log.warning("accuracy gate skipped (--no-gate); measured: %s", accuracy.to_dict())
+            return manifest
 
-    manifest, hit = build_atomically(out_dir, plan.key, write)
+        manifest, hit = build_atomically(out_dir, plan.key, write)
     accuracy = report[0] if report else AccuracyReport.from_dict(manifest.report["accuracy"])
     if hit and gate:
         # an artifact built earlier with --no-gate (or laxer thresholds) must not pass a gated build silently

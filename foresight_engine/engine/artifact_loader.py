@@ -54,12 +54,9 @@ def _install(model: GLPModel, functions: dict, shape: BuildShape) -> None:
     if "adapter" in functions:
         model.adapter = StagedAdapter(model.adapter, functions["adapter"])
     if "denoise" in functions:
-        model.video_decoder = StagedVideoDecoder(model.video_decoder, functions["denoise"],
-                                                 shape.latent_grid(config), shape.rope_scale(config), shape.batch)
+        model.video_decoder = StagedVideoDecoder(model.video_decoder, functions["denoise"], shape, config)
     if "vae_decode" in functions:
-        grid = shape.latent_grid(config)
-        model.vae = StagedVAE(model.vae, functions["vae_decode"],
-                              (1, grid.channels, grid.frames, grid.height, grid.width))
+        model.vae = StagedVAE(model.vae, functions["vae_decode"], shape, config)
     if "prefill" in functions or "decode" in functions:
         model.backbone = StagedBackbone(model.backbone, functions.get("prefill"), functions.get("decode"))
 

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import ArtifactError, InvalidInputError
 from ..models.adapter import ConditioningAdapter
 from ..models.backbone import Backbone, PrefillOutput
+from ..models.export_spec import BuildShape
 from ..models.stages import stack_cache, unstack_cache
 from ..models.vae import VideoVAE
 from ..models.video_decoder import LatentGrid, VideoDecoder
@@ -76,23 +78,26 @@ class StagedAdapter(nn.Module):
 
 
 class StagedVideoDecoder(VideoDecoder):
-    """One denoising step from a stage function built for one latent grid and RoPE scale."""
+    """One denoising step from a stage function built for one request shape (latent grid, RoPE scale, batch)."""
 
-    def __init__(self, decoder: VideoDecoder, stage: StageFn, grid: LatentGrid, rope_scale: Sequence[float],
-                 batch: int):
+    def __init__(self, decoder: VideoDecoder, stage: StageFn, shape: BuildShape, config: ModelConfig):
         super().__init__(decoder.transformer, decoder.scheduler_config)
         self.stage = stage
-        self.grid = grid
-        self.rope_scale = tuple(float(x) for x in rope_scale)
-        self.batch = batch  # 2 when built for classifier-free guidance
+        self.shape = shape
+        self.model_config = config
+        self.grid = shape.latent_grid(config)
+        self.rope_scale = tuple(float(x) for x in shape.rope_scale(config))
+        self.batch = shape.batch  # 2 when built for classifier-free guidance
 
     def check_request(self, grid: LatentGrid, rope_scale, batch: int) -> None:
-        built = (self.grid, self.rope_scale, self.batch)
-        wanted = (grid, tuple(float(x) for x in rope_scale), batch)
-        if built != wanted:
-            raise ArtifactError(f"rebuild needed: this artifact's denoising step is built for (grid, RoPE scale, "
-                                f"batch) {built}; the request needs {wanted} (build with the request's "
-                                "--frames/--height/--width, and guidance on or off as requested)")
+        if (self.grid, self.rope_scale, self.batch) == (grid, tuple(float(x) for x in rope_scale), batch):
+            return
+        vae = self.model_config.vae
+        asked = BuildShape.of_latents(grid.frames, grid.height, grid.width, self.model_config,
+                                      frame_rate=round(vae.temporal_compression / rope_scale[0]), guidance=batch == 2)
+        raise ArtifactError(self.shape.mismatch(asked) or f"this artifact's denoising step is built for (grid, RoPE "
+                            f"scale, batch) {(self.grid, self.rope_scale, self.batch)}, the request needs "
+                            f"{(grid, tuple(rope_scale), batch)}")
 
     def forward(self, latents, conditioning, conditioning_mask, timestep, grid: LatentGrid, rope_scale):
         self.check_request(grid, rope_scale, latents.shape[0])
@@ -102,15 +107,22 @@ class StagedVideoDecoder(VideoDecoder):
 class StagedVAE(VideoVAE):
     """`VideoVAE` whose decode runs a stage function (image encoding stays eager)."""
 
-    def __init__(self, vae: VideoVAE, stage: StageFn, latent_shape: Sequence[int]):
+    def __init__(self, vae: VideoVAE, stage: StageFn, shape: BuildShape, config: ModelConfig):
         super().__init__(vae.vae)
         self.stage = stage
-        self.latent_shape = tuple(latent_shape)
+        self.shape = shape
+        self.model_config = config
+        grid = shape.latent_grid(config)
+        self.latent_shape = (1, grid.channels, grid.frames, grid.height, grid.width)
 
     def check_request(self, latent_shape: tuple[int, ...]) -> None:
-        if tuple(latent_shape) != self.latent_shape:
-            raise ArtifactError(f"rebuild needed: this artifact's VAE decode is built for latents {self.latent_shape}, "
-                                f"got {tuple(latent_shape)}")
+        if tuple(latent_shape) == self.latent_shape:
+            return
+        _, _, frames, height, width = latent_shape
+        asked = BuildShape.of_latents(frames, height, width, self.model_config, frame_rate=self.shape.frame_rate,
+                                      guidance=self.shape.guidance)  # the VAE decode depends on the grid only
+        raise ArtifactError(self.shape.mismatch(asked) or f"this artifact's VAE decode is built for latents "
+                            f"{self.latent_shape}, got {tuple(latent_shape)}")
 
     def decode(self, latents, generator, decode_timestep: float = 0.0, decode_noise_scale: float | None = None):
         self.check_request(tuple(latents.shape))
