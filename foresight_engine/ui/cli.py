@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 from ..cli.flags import REQUEST_FLAGS
 from ..cli.model_args import add_engine_args, check_model_args, load_engine
@@ -19,11 +20,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .app import create_demo, require_gradio
+    from .app import create_demo, launch, require_gradio
     check_model_args(args)
     require_gradio()  # before the model loads
     engine = load_engine(args)
-    demo = create_demo(engine)
-    print(f"foresight-engine ui: {engine.config.name} model on http://{args.host}:{args.port} (Ctrl-C stops it)")
-    demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, quiet=True)
+    with tempfile.TemporaryDirectory(prefix="foresight-ui-") as workdir:  # example scenes, predicted mp4s
+        demo = create_demo(engine, workdir)
+        print(f"foresight-engine ui: the {engine.config.name} model on http://{args.host}:{args.port} "
+              "(Ctrl-C stops it)", flush=True)
+        launch(demo, args.host, args.port, quiet=True)
     return 0
