@@ -221,6 +221,28 @@ def _file_table(directory: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (`os.umask` can only be read by setting it, which would race
+    with files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): the racy read, once
+    os.umask(mask)
+    return mask
+
+
+def _share_like_umask(directory: Path) -> None:
+    """Give every folder and file the modes a plain `mkdir`/`open` would: some writers (safetensors writes
+    through a 0600 temp file) lock the group out, which breaks an artifact cache shared by a group."""
+    mask = current_umask()
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Hash every file in `directory`, then write `manifest.json` (always the last file written)."""
     manifest.files = _file_table(directory)
@@ -253,13 +275,13 @@ def build_atomically(directory: str | Path, key: str, write: Callable[[Path], Ma
         for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by killed builds (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
-        # plain mkdir keeps the user's umask (a shared cache stays group-readable/writable); mkdtemp makes it 0700
-        tmp.mkdir()
+        tmp.mkdir()  # not mkdtemp: its 0700 would lock a shared cache's group out
         try:
             manifest = write(tmp)
             if manifest.key != key:
                 raise ArtifactError(f"builder wrote key {manifest.key[:12]}, expected {key[:12]}")
             write_manifest(tmp, manifest)
+            _share_like_umask(tmp)
             old = None
             if directory.exists():
                 old = directory.parent / f".{directory.name}.old-{os.getpid()}"

@@ -1,6 +1,7 @@
 """Builders on the tiny preset: eager artifacts, the content-keyed cache, verification before loading, the CLI."""
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -234,6 +235,30 @@ def test_killed_build_leaves_nothing_valid_and_concurrent_builds_build_once(tmp_
     assert len(calls) == 1
     assert sorted(hit for _, hit in results) == [False, True]
     assert not orphan.exists()  # stale temp dirs are swept under the lock
+
+
+def _modes(root: Path) -> dict[str, set[int]]:
+    paths = [root, *root.rglob("*")]
+    return {"dirs": {p.stat().st_mode & 0o777 for p in paths if p.is_dir()},
+            "files": {p.stat().st_mode & 0o777 for p in paths if p.is_file()}}
+
+
+def test_artifacts_keep_the_users_umask(eager_fp32, tmp_path):
+    """A shared cache: a group-writable umask gives group-writable artifacts (not mkdtemp's 0700)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert _modes(eager_fp32.directory) == {"dirs": {0o777 & ~umask}, "files": {0o666 & ~umask}}
+
+    def write(tmp: Path) -> Manifest:
+        (tmp / "component").mkdir()
+        (tmp / "component" / "weights.bin").write_bytes(b"x")
+        return _manifest_for("")
+    old = os.umask(0o002)
+    try:
+        build_atomically(tmp_path / "shared", _manifest_for("").key, write)
+    finally:
+        os.umask(old)
+    assert _modes(tmp_path / "shared") == {"dirs": {0o775}, "files": {0o664}}
 
 
 def test_tensorrt_without_gpu_fails_before_any_work(monkeypatch, tmp_path):

@@ -35,9 +35,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_model_args(args: argparse.Namespace) -> ModelConfig | None:
-    """Refuse contradictory or incomplete model flags before anything loads; the preset's config when a preset
-    runs (None for real weights or an artifact). An artifact directory must hold a manifest."""
-    from ..config import preset
+    """Refuse contradictory or incomplete model flags before anything loads. Returns the model's config when it
+    is known without loading anything (a preset; an artifact's manifest), else None (real weights)."""
+    from ..config import ModelConfig, preset
     given = {flag: getattr(args, name) for name, flag in REAL_WEIGHTS}
     engine = getattr(args, "engine", None)
     chosen = [flag for flag, on in (("--engine", engine is not None), ("--preset", args.preset is not None),
@@ -46,8 +46,8 @@ def check_model_args(args: argparse.Namespace) -> ModelConfig | None:
         raise ForesightError(f"{' and '.join(chosen)} each choose the model: give one of them")
     if engine is not None:
         from ..artifact import read_manifest
-        read_manifest(engine)  # "not an artifact directory" now; the full verification happens at load
-        return None
+        manifest = read_manifest(engine)  # "not an artifact directory" now; the files are verified at load
+        return ModelConfig.from_dict(manifest.factors.config)
     if any(given.values()):
         missing = [flag for flag, path in given.items() if path is None]
         if missing:

@@ -34,12 +34,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.request import build_messages, load_image
+    from ..engine.request import build_messages, load_image, resolve_settings
     from ..errors import InvalidInputError
     from ..video_io import atomic_output, write_mp4
 
     # everything the user typed is checked before any weights load (real weights take minutes)
-    check_model_args(args)
+    config = check_model_args(args)
+    settings = dict(height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps,
+                    guidance_scale=args.guidance, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                    frame_rate=args.fps)
+    if config is not None:
+        resolve_settings(config, **settings)
     images = [load_image(path, i) for i, path in enumerate(args.image)]
     build_messages(args.prompt, None, len(images))  # an empty prompt
     actual = None
@@ -53,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
         require_matplotlib()
 
     engine = load_engine(args, progress=True)
-    events = engine.stream(images, args.prompt, height=args.height, width=args.width, num_frames=args.frames,
-                           num_inference_steps=args.steps, guidance_scale=args.guidance,
-                           max_new_tokens=args.max_new_tokens, seed=args.seed, frame_rate=args.fps, actual=actual)
+    events = engine.stream(images, args.prompt, actual=actual, **settings)
     pred = stream_to_terminal(engine, events)
     args.out.mkdir(parents=True, exist_ok=True)
     video = write_mp4(pred.frames, args.out / "prediction.mp4", fps=pred.settings["frame_rate"])
