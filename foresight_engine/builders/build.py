@@ -106,7 +106,7 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str =
             if gate:
                 enforce(accuracy, policy, reference.config, thresholds)
             else:
-                log.warning("accuracy gate skipped (--no-gate); measured: %s", accuracy.to_dict())
+                log.warning("accuracy gate skipped (--no-gate); measured:\n%s", accuracy.table())
             return manifest
 
         manifest, hit = build_atomically(out_dir, plan.key, write)
