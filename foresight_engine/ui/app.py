@@ -49,7 +49,7 @@ def create_demo(engine: Engine, workdir: str | Path | None = None):
                                     allow_preview=False, elem_id="fe-images")
                 prompt = gr.Textbox(label="prompt", value=SCENES[0].prompt, lines=2, elem_id="fe-prompt")
                 gr.Examples([[[str(path)], text] for path, text in scenes], inputs=[images, prompt],
-                            label="example scenes")
+                            label="example scenes", example_labels=[scene.name for scene in SCENES])
                 with gr.Accordion("generation settings", open=False):
                     num_frames = gr.Slider(1, max(4 * gen.num_frames, 8 * r + 1), value=gen.num_frames, step=r,
                                            label="frames (num_frames)", info=f"{r}*k+1")
