@@ -69,7 +69,7 @@ def create_demo(engine: Engine, workdir: str | Path | None = None):
                     stop = gr.Button("Stop")
             with gr.Column(scale=3):
                 answer = gr.Textbox(label="answer (streamed token by token)", lines=3, elem_id="fe-answer")
-                status = gr.HTML(runner._status("ready"), elem_id="fe-status")
+                status = gr.HTML(runner.status_html("ready"), elem_id="fe-status")
                 with gr.Row():
                     video = gr.Video(label="predicted clip", height=260, autoplay=True, loop=True,
                                      interactive=False, elem_id="fe-video")

@@ -32,7 +32,7 @@ class View:
     video: Path | None = None
 
 
-def _status(text: str, step: int = 0, total: int = 0) -> str:
+def status_html(text: str, step: int = 0, total: int = 0) -> str:
     bar = f'<progress value="{step}" max="{total}"></progress> ' if total else ""
     return f'<div class="fe-status">{bar}{html.escape(text)}</div>'
 
@@ -59,14 +59,14 @@ class DemoRunner:
             elif isinstance(event, DenoiseStep):
                 step, total = event.step, event.total
             elif isinstance(event, FramesReady):
-                yield View(answer, _status(f"video decoded; {tokens} tokens so far", total, total))
+                yield View(answer, status_html(f"video decoded; {tokens} tokens so far", total, total))
                 continue
             elif isinstance(event, Done):
                 pred = event.prediction
                 video = self._save(pred)
-                yield View(pred.text, _status(self._summary(pred, last_image), total, total), pred, video)
+                yield View(pred.text, status_html(self._summary(pred, last_image), total, total), pred, video)
                 return
-            yield View(answer, _status(f"denoising step {step}/{total or '?'} · {tokens} tokens", step, total))
+            yield View(answer, status_html(f"denoising step {step}/{total or '?'} · {tokens} tokens", step, total))
 
     def _save(self, pred: Prediction) -> Path:
         path = write_mp4(pred.frames, self.workdir / f"prediction-{next(self._names)}.mp4",
