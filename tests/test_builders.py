@@ -1,8 +1,10 @@
 """Builders on the tiny preset: eager artifacts, the content-keyed cache, verification before loading, the CLI."""
+import io
 import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -289,6 +291,9 @@ def test_cli_dry_run_inspect_and_predict_engine(eager_fp32, tmp_path, capsys, im
     assert main(["inspect", str(eager_fp32.directory)]) == 0
     out = capsys.readouterr().out
     assert eager_fp32.key[:16] in out and "verifies here: yes" in out
+    table = out[out.index("accuracy against eager fp32"):]  # the report as a table, not a JSON line
+    assert "stage" in table and "rel L2" in table and "cosine" in table and "end to end (fp32): frame PSNR" in table
+    assert all(f"\n    {stage} " in table for stage in ("vision", "prefill", "denoise", "vae_decode"))
     from PIL import Image
     Image.fromarray(image).save(tmp_path / "in.png")
     assert main(["predict", "--engine", str(eager_fp32.directory), "--image", str(tmp_path / "in.png"),
@@ -313,3 +318,27 @@ def test_engine_and_models_never_import_builders():
             imports = [line.split()[1] for line in source.read_text().splitlines()
                        if line.lstrip().startswith(("import ", "from "))]
             assert not any(name in module for module in imports for name in names), source
+
+
+def test_build_progress_bar_only_on_a_terminal(monkeypatch):
+    from foresight_engine.builders.progress import BuildProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stderr, shown in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with BuildProgress(True) as bar:
+            bar.expect(2)
+            with bar.step("weights"):
+                pass
+            with bar.step("export denoise"):
+                pass
+        assert ("build: export denoise:  1/2 steps" in stderr.getvalue()) == shown
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with BuildProgress(False) as bar:  # off when embedded, terminal or not
+        with bar.step("weights"):
+            pass
+    assert terminal.getvalue() == ""
