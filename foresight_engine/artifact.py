@@ -19,8 +19,8 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
@@ -215,9 +215,15 @@ def _rebuild(reason: str) -> ArtifactError:
 
 def read_manifest(directory: str | Path) -> Manifest:
     """Parse `DIR/manifest.json` (no file checks); `ArtifactError` when missing or malformed."""
-    path = Path(directory) / MANIFEST
+    directory = Path(directory)
+    path = directory / MANIFEST
     if not path.is_file():
-        raise _rebuild(f"no {MANIFEST} in {directory} (not an artifact, or its build did not finish)")
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: not an artifact directory (it does not exist)", argument="directory")
+        unfinished = ".tmp-" in directory.name  # `build_atomically`'s temp folder, left by a killed build
+        raise ArtifactError(f"{directory}: not an artifact directory (no {MANIFEST}"
+                            + ("; a build that did not finish: build again)" if unfinished else ")"),
+                            argument="directory")
     try:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
@@ -285,6 +291,28 @@ def _file_table(directory: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (`os.umask` can only be read by setting it, which would race
+    with files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): the racy read, once
+    os.umask(mask)
+    return mask
+
+
+def _share_like_umask(directory: Path) -> None:
+    """Give every folder and file the modes a plain `mkdir`/`open` would: some writers (safetensors writes
+    through a 0600 temp file) lock the group out, which breaks an artifact cache shared by a group."""
+    mask = current_umask()
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Hash every file in `directory`, then write `manifest.json` (always the last file written)."""
     manifest.files = _file_table(directory)
@@ -316,12 +344,14 @@ def build_atomically(directory: str | Path, key: str, write: Callable[[Path], Ma
             return hit, True
         for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by killed builds (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()  # not mkdtemp: its 0700 would lock a shared cache's group out
         try:
             manifest = write(tmp)
             if manifest.key != key:
                 raise ArtifactError(f"builder wrote key {manifest.key[:12]}, expected {key[:12]}")
             write_manifest(tmp, manifest)
+            _share_like_umask(tmp)
             old = None
             if directory.exists():
                 old = directory.parent / f".{directory.name}.old-{os.getpid()}"
@@ -354,9 +384,10 @@ def describe(manifest: Manifest) -> str:
         lines.append(f"    {name:14s} {comp.precision:5s} {stages}")
         if comp.note:
             lines.append(f"    {'':14s} note: {comp.note}")
-    if manifest.report:
+    other = {k: v for k, v in manifest.report.items() if k != "accuracy"}  # the accuracy table: `inspect`
+    if other:
         lines.append("  report:")
-        for k, v in manifest.report.items():
+        for k, v in other.items():
             lines.append(f"    {k}: {json.dumps(v, default=str)}")
     total = sum(v["bytes"] for v in manifest.files.values())
     lines.append(f"  files: {len(manifest.files)} ({total / 1e6:.1f} MB)")

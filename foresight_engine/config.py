@@ -360,7 +360,7 @@ def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise UnknownPresetError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise UnknownPresetError(f"preset {name!r} is unknown; choose one of {sorted(PRESETS)}") from None
 
 
 __all__ = [

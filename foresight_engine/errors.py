@@ -3,7 +3,15 @@ from __future__ import annotations
 
 
 class ForesightError(Exception):
-    """Base of all foresight-engine errors."""
+    """Base of all foresight-engine errors.
+
+    `argument` names the API argument an error is about when the message does not start with it (e.g. the
+    directory given to `Engine.load`), so that a front end can name its own spelling of it: the CLI names the
+    flag the user typed (`foresight_engine/cli/flags.py`)."""
+
+    def __init__(self, *args, argument: str | None = None):
+        super().__init__(*args)
+        self.argument = argument
 
 
 class ConfigError(ForesightError, ValueError):
@@ -73,6 +81,10 @@ class CalibrationError(ForesightError, ValueError):
 
 class AccuracyGateError(ForesightError):
     """A build missed an accuracy threshold; the message names each component, metric, value and limit."""
+
+
+class MissingExtraError(ForesightError, ImportError):
+    """An optional feature's packages are not installed; the message names the extra to install."""
 
 
 class EngineBuildError(ForesightError):
