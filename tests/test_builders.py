@@ -207,6 +207,10 @@ def test_edited_manifest_is_refused(eager_fp32, tmp_path):
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["factors"]["precision"]["vae"] = "bf16"
     (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"^rebuild needed: manifest digest .* the manifest was edited"):
+        Engine.load(d)
+    manifest["digest"] = artifact.manifest_digest(manifest)  # a consistent digest: the key still disagrees
+    (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"^rebuild needed: manifest key .* the manifest was edited"):
         Engine.load(d)
 
