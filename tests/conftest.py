@@ -20,3 +20,13 @@ def image() -> np.ndarray:
 def other_image() -> np.ndarray:
     rng = np.random.default_rng(1)
     return rng.integers(0, 256, size=(72, 96, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def no_models(engine, monkeypatch):
+    """Any model call fails the test: validation must happen first."""
+    def boom(*a, **k):
+        raise AssertionError("a model ran before validation finished")
+    for name in ("vision", "prefill", "adapt", "denoise", "decode_video", "decode_text"):
+        monkeypatch.setattr(engine, name, boom)
+    return engine

@@ -7,7 +7,8 @@ change across steps. `StaticVelocity.prepare` computes it once per request (`Den
 - the caption projection and every block's cross-attention keys/values of the conditioning, and its mask bias;
 - the RoPE cos/sin table of the latent grid.
 `velocity` then runs the transformer's own blocks (their submodules and weights) with fixed shapes and no host
-read (an interruption point before each block checks a host flag only: `interrupts.py`), so the shared loop (`denoising.py`: CFG and the Euler update) can be captured as one CUDA graph.
+read (an interruption point before each block checks a host flag only: `interrupts.py`), so the shared loop
+(`denoising.py`: CFG and the Euler update) can be captured as one CUDA graph.
 
 An optional first-block cache (`step_cache`): when the first block's residual changed less than the threshold
 (relative mean absolute change) since the last fully computed step, the other blocks are skipped and their last
