@@ -200,12 +200,13 @@ class RequestLimits:
     max_new_tokens: int = 4096
     max_frame_rate: int = 240  # frames per second of the video (and its RoPE time scale)
     max_guidance_scale: float = 30.0
+    max_image_pixels: int = 2**25  # an input image's width x height (33.5 M: 8K x 4K), checked before decoding
     max_cost: int = 3_000_000  # token passes
 
     def __post_init__(self) -> None:
         _positive("generation.limits", max_side=self.max_side, max_frames=self.max_frames,
                   max_inference_steps=self.max_inference_steps, max_new_tokens=self.max_new_tokens,
-                  max_frame_rate=self.max_frame_rate, max_cost=self.max_cost)
+                  max_frame_rate=self.max_frame_rate, max_image_pixels=self.max_image_pixels, max_cost=self.max_cost)
         if not 1.0 <= self.max_guidance_scale < float("inf"):
             raise ConfigError(f"generation.limits.max_guidance_scale={self.max_guidance_scale!r} must be a finite "
                               "number >= 1")

@@ -145,9 +145,12 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def test_decompression_bomb_image_is_an_image_error(no_models):
+def test_huge_images_are_refused_from_their_header(no_models):
     with pytest.raises(ImageError, match=r"image\[0\]: cannot decode image .*decompression bomb"):
-        no_models.predict(_png_header(100_000, 100_000), "What happens next?")
+        no_models.predict(_png_header(100_000, 100_000), "What happens next?")  # PIL's own bomb check
+    with pytest.raises(ImageError, match=r"image\[1\]: image is 8193x4096 = 33,558,528 pixels; the limit is "
+                                         r"33,554,432 \(generation.limits.max_image_pixels\)"):
+        no_models.predict([np.zeros((8, 8, 3), np.uint8), _png_header(8193, 4096)], "What happens next?")
 
 
 # ------------------------------------------------------------------------------------------ non-finite guard

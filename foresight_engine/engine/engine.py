@@ -433,7 +433,7 @@ class Engine:
         if self.built is not None:  # built (fixed-shape) stages refuse other shapes here, before any model runs
             self.built.check(self.config, geometry, s.cfg_batch)
         actual_frames = None if actual is None else load_clip(actual, "actual")
-        pil = load_images(images, self.config.processor.max_images)
+        pil = load_images(images, self.config.processor.max_images, self.config.generation.limits.max_image_pixels)
         chat = build_messages(prompt, messages, len(pil), self.text_guard)
         processor = self.model.processor
         text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)

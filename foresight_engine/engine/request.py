@@ -154,8 +154,9 @@ class TextGuard:
                                   f"{found.start()}): the chat template's markers are not allowed in user text")
 
 
-def load_image(image: ImageInput, index: int = 0) -> Image.Image:
-    """Decode one image fully (truncated files fail here, not in the model) and convert it to RGB."""
+def load_image(image: ImageInput, index: int = 0, max_pixels: int | None = None) -> Image.Image:
+    """Decode one image fully (truncated files fail here, not in the model) and convert it to RGB; one of more than
+    `max_pixels` pixels is refused from its header, before it is decoded (PIL refuses decompression bombs too)."""
     where = f"image[{index}]"
     try:
         if isinstance(image, Image.Image):
@@ -175,6 +176,9 @@ def load_image(image: ImageInput, index: int = 0) -> Image.Image:
             img = Image.open(path)
         else:
             raise ImageError(f"{where}: unsupported type {type(image).__name__}")
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageError(f"{where}: image is {img.width}x{img.height} = {img.width * img.height:,} pixels; the "
+                             f"limit is {max_pixels:,} (generation.limits.max_image_pixels)")
         img.load()
     except ImageError:
         raise
@@ -185,13 +189,14 @@ def load_image(image: ImageInput, index: int = 0) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_images(images: ImageInput | Sequence[ImageInput], max_images: int) -> list[Image.Image]:
+def load_images(images: ImageInput | Sequence[ImageInput], max_images: int,
+                max_pixels: int | None = None) -> list[Image.Image]:
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ImageError("no image given: at least one image is required (the last one conditions the video)")
     if len(items) > max_images:
         raise ImageError(f"{len(items)} images given; at most {max_images} are allowed")
-    return [load_image(item, i) for i, item in enumerate(items)]
+    return [load_image(item, i, max_pixels) for i, item in enumerate(items)]
 
 
 _REPR = reprlib.Repr()
