@@ -32,12 +32,15 @@ def test_unknown_configuration_is_named(capsys):
 
 
 def test_contenders_compute_what_the_reference_computes(engine):
-    """naive (the libraries) equals the engine; eager-bf16 stays within bf16 tolerance of it."""
+    """naive (the libraries) equals the engine up to rounding (the engine's vision tower runs the custom
+    varlen_attention kernel, equal to transformers' SDPA to ~1e-7; the peer runs without custom ops); eager-bf16
+    stays within bf16 tolerance of it."""
     ctx = BenchContext("tiny", base=engine)
     naive = next(p for p in PEERS if p.name == "naive").step_fn(ctx)()
     fp32, bf16 = (next(c for c in ENGINE_CONFIGS if c.name == n).step_fn(ctx)() for n in ("eager-fp32", "eager-bf16"))
     assert naive.token_ids == fp32.token_ids
-    assert np.array_equal(naive.frames, fp32.frames)
+    diff = np.abs(naive.frames.astype(np.int16) - fp32.frames)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # one uint8 level, on a few pixels at most
     assert bf16.token_ids == fp32.token_ids
     err = np.abs(bf16.frames.astype(np.float64) - fp32.frames).mean() / 255
     assert err < 1e-2

@@ -68,3 +68,13 @@ def test_a100_has_no_fp8_and_says_so():
 def test_plan_rejects_frames_the_vae_cannot_make():
     with pytest.raises(ConfigError, match="num_frames=120"):
         plan("full", "h100", "bf16", PlanSettings(num_frames=120))
+
+
+def test_plan_splits_each_stage_by_operator_family(h100_fp8):
+    """`plan --by-family`: the denoiser's matmuls and attention are compute, its norms/RoPE/elementwise memory."""
+    from foresight_engine.bench.op_families import FAMILIES
+    families = h100_fp8["families"]
+    assert set(families) <= set(FAMILIES)
+    denoise = {f: stages.get("denoise", 0.0) for f, stages in families.items()}
+    assert denoise["GEMMs"] > 0 and denoise["attention"] > 0 and denoise["norms/modulation"] > 0
+    assert denoise["RoPE"] > 0 and families["VAE convolutions"]["vae"] > 0

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline
 
+from .. import kernels
 from ..engine import Engine
 from ..engine.prediction import Timings
 from ..models.glp import GLPModel
@@ -141,10 +142,12 @@ def ltx_pipeline(model: GLPModel, transformer: torch.nn.Module | None = None) ->
 
 def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInputs) -> StepFn:
     """transformers `generate()` for the text, then the world latent (vision + prefill with the query tokens +
-    adapter) and diffusers' pipeline for the video: the libraries glued together, one after the other."""
+    adapter) and diffusers' pipeline for the video: the libraries glued together, one after the other; plain
+    library code, so without the engine's custom ops (`kernels.set_wiring("off")`)."""
     s = inputs.settings
 
     @torch.inference_mode()
+    @kernels.set_wiring("off")
     def step() -> StepResult:
         timings, t0 = Timings(), time.perf_counter()
         request = engine.prepare(inputs.images, inputs.prompt, **s)
