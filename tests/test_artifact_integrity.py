@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from foresight_engine import Engine, artifact
-from foresight_engine.builders.build import build
 from foresight_engine.errors import ArtifactError
-from foresight_engine.models.glp import GLPModel
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    return build(GLPModel.from_preset("tiny", 0), tmp_path_factory.mktemp("art") / "eager", backend="eager",
-                 precision="fp32", gate=False).directory
+def built(eager_fp32) -> Path:
+    return eager_fp32.directory
 
 
 @pytest.fixture()

@@ -30,12 +30,6 @@ def tiny() -> GLPModel:
     return GLPModel.from_preset("tiny", 0)
 
 
-@pytest.fixture(scope="module")
-def eager_fp32(tiny, tmp_path_factory):
-    """One eager fp32 artifact of tiny/seed 0, built with the accuracy gate on."""
-    return build(tiny, tmp_path_factory.mktemp("art") / "eager_fp32", backend="eager", precision="fp32")
-
-
 def _copy(result, tmp_path: Path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(result.directory, dst)

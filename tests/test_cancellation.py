@@ -3,8 +3,8 @@ flags only, graph-safe), stage-lock waits count against timeout_s, and Engine.sh
 
 CANCEL_BOUND_S is the stated bound at the tiny preset's largest request (128x128x33 with CFG): the longest stretch of
 work between two checks is one transformer block (its attention over 9216 latent tokens, batch 2) or one VAE block
-at full resolution: ~1 s on an idle 2-core EPYC, ~3 s with the machine loaded 4x (README, "Reliability"). The bound
-has that margin; the issue's failure was 115 s."""
+at full resolution: 0.4-1.1 s measured on the shared 2-core EPYC (load 6-8), up to 3 s seen (README, "Reliability").
+The bound has that margin; the issue's failure was 115 s."""
 import threading
 import time
 

@@ -84,7 +84,7 @@ class RequestRegistry:
         self.max_size = max_size
         self._states: dict[str, RequestState] = {}
         self._lock = threading.Lock()
-        self._closed: EngineClosed | None = None
+        self._closed: str | None = None  # why the engine no longer takes requests
 
     def __len__(self) -> int:
         return len(self._states)
@@ -100,7 +100,7 @@ class RequestRegistry:
                                     f"{MAX_REQUEST_ID} characters")
         with self._lock:
             if self._closed is not None:
-                raise self._closed
+                raise EngineClosed(f"{self._closed}: not taking new requests")
             if request_id in self._states:
                 raise InvalidInputError(f"request_id={request_id!r} is already in flight")
             if len(self._states) >= self.max_size:
@@ -126,7 +126,7 @@ class RequestRegistry:
     def close(self, reason: str) -> int:
         """Refuse new requests and cancel every one in flight with `EngineClosed(reason)`; returns how many."""
         with self._lock:
-            self._closed = EngineClosed(reason)
+            self._closed = reason
             states = list(self._states.values())
         for state in states:
             state.cancel(EngineClosed(f"request {state.request_id!r} cancelled: {reason}"))
