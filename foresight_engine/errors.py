@@ -34,6 +34,10 @@ class PromptError(InvalidInputError):
     """A prompt is empty or longer than the context allows."""
 
 
+class RequestTooLarge(InvalidInputError):
+    """A request's estimated cost (token passes) exceeds the engine's budget (`Engine(max_request_cost=...)`)."""
+
+
 class WeightsError(ForesightError):
     """A checkpoint is missing, partial, of the wrong shape, or not safetensors."""
 
@@ -59,7 +63,20 @@ class RequestCancelled(ForesightError):
 
 
 class RequestTimeout(ForesightError):
-    """The request ran past its `timeout_s`."""
+    """The request ran past its `timeout_s` (running, or waiting for a stage another request holds)."""
+
+
+class EngineClosed(RequestCancelled):
+    """The engine is shutting down (`Engine.shutdown()`, a server's SIGTERM): requests in flight are cancelled and
+    new ones refused."""
+
+
+class NonFiniteError(ForesightError):
+    """A stage produced NaN or inf (`stage` names it): raised instead of returning a black or garbage video."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
 
 
 class BackendUnavailable(ForesightError):

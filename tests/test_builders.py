@@ -33,12 +33,6 @@ def tiny() -> GLPModel:
     return GLPModel.from_preset("tiny", 0)
 
 
-@pytest.fixture(scope="module")
-def eager_fp32(tiny, tmp_path_factory):
-    """One eager fp32 artifact of tiny/seed 0, built with the accuracy gate on."""
-    return build(tiny, tmp_path_factory.mktemp("art") / "eager_fp32", backend="eager", precision="fp32")
-
-
 def _copy(result, tmp_path: Path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(result.directory, dst)
@@ -209,6 +203,10 @@ def test_edited_manifest_is_refused(eager_fp32, tmp_path):
     d = _copy(eager_fp32, tmp_path)
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["factors"]["precision"]["vae"] = "bf16"
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"^rebuild needed: manifest digest .* the manifest was edited"):
+        Engine.load(d)
+    manifest["digest"] = artifact.manifest_digest(manifest)  # a consistent digest: the key still disagrees
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"^rebuild needed: manifest key .* the manifest was edited"):
         Engine.load(d)

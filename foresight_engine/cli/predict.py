@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if config is not None:
         resolve_settings(config, **settings)
     images = [load_image(path, i) for i, path in enumerate(args.image)]
-    build_messages(args.prompt, None, len(images))  # an empty prompt
+    build_messages(args.prompt, None, len(images), None)  # an empty prompt; the engine checks the text itself
     actual = None
     if args.actual is not None:
         from ..verify.clips import load_clip

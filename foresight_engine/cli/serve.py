@@ -20,20 +20,28 @@ def add_parser(sub) -> None:
     p.add_argument("--video", choices=["base64", "url"], default="base64",
                    help="default video delivery: base64 in the JSON, or a URL under /v1/videos/{id}")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up predict")
+    p.add_argument("--max-request-cost", type=int, default=None,
+                   help="budget of one request in token passes (default: the model's generation.limits.max_cost)")
+    p.add_argument("--shutdown-grace-s", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT: requests in flight are cancelled at once; open connections get this "
+                        "long to close (default 10)")
     add_device_arg(p, "where the engine runs")
     p.set_defaults(func=run, flags={"directory": "--engine", "preset": "--preset", "device": "--device"})
 
 
 def run(args) -> int:
-    import uvicorn
-
+    from ..errors import ForesightError
     from ..serve import EngineSource, create_app
+    from ..serve.shutdown import run_until_signalled
+    if not args.shutdown_grace_s > 0:
+        raise ForesightError(f"--shutdown-grace-s {args.shutdown_grace_s} must be > 0")
     source = EngineSource(engine_dir=args.engine and str(args.engine), preset=args.preset, seed=args.seed_weights,
-                          device=args.device, engine_kwargs={"max_queue_size": args.max_queue_size})
+                          device=args.device, engine_kwargs={"max_queue_size": args.max_queue_size,
+                                                             "max_request_cost": args.max_request_cost})
     max_upload = int(args.max_upload_mb * 2**20)
     app = create_app(source.load(), max_upload_bytes=max_upload, video=args.video, warmup=not args.no_warmup)
     # uvicorn drops WebSocket messages over ws_max_size unanswered; above the app's own limit (base64 text
     # counts), the app answers with a 413 error message.
-    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=2 * max_upload,
-                log_level="debug" if args.verbose else "info")
+    run_until_signalled(app, host=args.host, port=args.port, grace_s=args.shutdown_grace_s,
+                        ws_max_size=2 * max_upload, log_level="debug" if args.verbose else "info")
     return 0

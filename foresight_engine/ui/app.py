@@ -35,6 +35,7 @@ def create_demo(engine: Engine, workdir: str | Path | None = None):
     scenes = write_scenes(workdir / "scenes")
     config = engine.config
     gen, step, r = config.generation, config.spatial_step, config.temporal_step
+    lim = gen.limits  # the sliders offer only what the engine accepts
 
     with gr.Blocks(title="foresight-engine", analytics_enabled=False) as demo:
         gr.Markdown(f"## foresight-engine · one reasoning step\nModel **{config.name}**. Images and a question in; "
@@ -51,17 +52,17 @@ def create_demo(engine: Engine, workdir: str | Path | None = None):
                 gr.Examples([[[str(path)], text] for path, text in scenes], inputs=[images, prompt],
                             label="example scenes", example_labels=[scene.name for scene in SCENES])
                 with gr.Accordion("generation settings", open=False):
-                    num_frames = gr.Slider(1, max(4 * gen.num_frames, 8 * r + 1), value=gen.num_frames, step=r,
+                    num_frames = gr.Slider(1, min(max(4 * gen.num_frames, 8 * r + 1), lim.max_frames), value=gen.num_frames, step=r,
                                            label="frames (num_frames)", info=f"{r}*k+1")
-                    height = gr.Slider(step, max(2 * gen.height, 8 * step), value=gen.height, step=step,
+                    height = gr.Slider(step, min(max(2 * gen.height, 8 * step), lim.max_side), value=gen.height, step=step,
                                        label="height", info=f"multiple of {step}")
-                    width = gr.Slider(step, max(2 * gen.width, 8 * step), value=gen.width, step=step,
+                    width = gr.Slider(step, min(max(2 * gen.width, 8 * step), lim.max_side), value=gen.width, step=step,
                                       label="width", info=f"multiple of {step}")
-                    steps = gr.Slider(1, max(50, gen.num_inference_steps), value=gen.num_inference_steps, step=1,
+                    steps = gr.Slider(1, min(max(50, gen.num_inference_steps), lim.max_inference_steps), value=gen.num_inference_steps, step=1,
                                       label="denoising steps (num_inference_steps)")
                     guidance = gr.Slider(1, 10, value=gen.guidance_scale, step=0.5,
                                          label="guidance (guidance_scale)", info="1 disables classifier-free guidance")
-                    max_new_tokens = gr.Slider(0, max(256, gen.max_new_tokens), value=gen.max_new_tokens, step=1,
+                    max_new_tokens = gr.Slider(0, min(max(256, gen.max_new_tokens), lim.max_new_tokens), value=gen.max_new_tokens, step=1,
                                                label="answer tokens (max_new_tokens)")
                     seed = gr.Number(0, precision=0, minimum=0, label="seed")
                 with gr.Row():
