@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from foresight_engine import Engine
+from foresight_engine.builders.build import build
 from foresight_engine.models.export_spec import BuildShape
 from foresight_engine.models.glp import GLPModel
 
@@ -34,3 +35,20 @@ def tiny() -> GLPModel:
 def shape(tiny) -> BuildShape:
     """The tiny preset's default build shape."""
     return BuildShape.for_config(tiny.config)
+
+
+@pytest.fixture()
+def no_models(engine, monkeypatch):
+    """Any model call fails the test: validation must happen first."""
+    def boom(*a, **k):
+        raise AssertionError("a model ran before validation finished")
+    for name in ("vision", "prefill", "adapt", "denoise", "decode_video", "decode_text"):
+        monkeypatch.setattr(engine, name, boom)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def eager_fp32(tmp_path_factory):
+    """One eager fp32 artifact of tiny/seed 0, built with the accuracy gate on; tests that change it copy it first."""
+    return build(GLPModel.from_preset("tiny", 0), tmp_path_factory.mktemp("art") / "eager_fp32", backend="eager",
+                 precision="fp32")

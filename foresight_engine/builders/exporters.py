@@ -21,7 +21,7 @@ import dataclasses
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -217,9 +217,11 @@ EXPORTERS: dict[Backend, Callable[[ExportJob, StageEntry], StageEntry]] = {
 }
 
 
-def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
-                 quantized: dict[str, StageQuantization]) -> dict[str, dict[str, StageEntry]]:
-    """{component: {stage: entry}}; writes each built stage's files through its backend's exporter."""
+def write_stages(model: GLPModel, plan: BuildPlan, out: Path, quantized: dict[str, StageQuantization],
+                 step: Callable[[str], ContextManager] = lambda what: contextlib.nullcontext()
+                 ) -> dict[str, dict[str, StageEntry]]:
+    """{component: {stage: entry}}; writes each built stage's files through its backend's exporter. `step(what)`
+    wraps each export (the build's progress bar)."""
     specs = export_specs(model.config)
     components: dict[str, dict[str, StageEntry]] = {name: {} for name in model.components()}
     for name, stage in plan.stages.items():
@@ -229,7 +231,8 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
                            profile=stage.to_dict()["profile"], reason=stage.reason)
         exporter = EXPORTERS.get(stage.backend)
         if exporter is not None:
-            entry = exporter(ExportJob(model, specs[name], stage, plan, out, quantized.get(name)), entry)
+            with step(f"export {name}"):
+                entry = exporter(ExportJob(model, specs[name], stage, plan, out, quantized.get(name)), entry)
         components[stage.component][name] = entry
     return components
 
