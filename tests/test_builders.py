@@ -85,8 +85,9 @@ def test_prefill_on_a_cached_prefix_equals_one_prefill_and_decode_masks_the_unfi
     none = past[:, :, :, :0]
     with torch.inference_mode():
         logits, latent, keys, values = prefill(embeds, positions, none, none)
-        _, _, k1, v1 = prefill(embeds[:, :40], positions[:, :, :40], none, none)
-        logits2, latent2, k2, v2 = prefill(embeds[:, 40:], positions[:, :, 40:], k1, v1)
+        cut = embeds.shape[1] // 2  # two non-empty parts whatever the built prompt length
+        _, _, k1, v1 = prefill(embeds[:, :cut], positions[:, :, :cut], none, none)
+        logits2, latent2, k2, v2 = prefill(embeds[:, cut:], positions[:, :, cut:], k1, v1)
         torch.testing.assert_close(logits2, logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(latent2, latent, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(torch.cat([k1, k2], dim=3), keys, rtol=1e-5, atol=1e-5)
@@ -288,7 +289,7 @@ def test_tensorrt_without_gpu_fails_before_any_work(monkeypatch, tmp_path):
 
 
 def test_unsupported_combinations_are_refused(tiny, tmp_path):
-    with pytest.raises(ConfigError, match="fp8 needs --backend onnx or tensorrt"):
+    with pytest.raises(ConfigError, match="fp8 needs --backend onnx, tensorrt or torch-tensorrt"):
         build(tiny, tmp_path / "a", backend="eager", precision="fp8")
     with pytest.raises(ConfigError, match="no ONNX Runtime CPU kernels"):
         build(tiny, tmp_path / "b", backend="onnx", precision="bf16")
