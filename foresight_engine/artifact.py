@@ -49,7 +49,8 @@ def weights_file(component: str) -> str:
 
 
 def stage_file(component: str, stage: str, suffix: str) -> str:
-    """Relative path of one of a stage's files: `.onnx` graph, `.plan` TensorRT engine, `.fp8.safetensors` scales."""
+    """Relative path of one of a stage's files: `.onnx` graph, `.plan` TensorRT engine, `.fp8.safetensors` scales,
+    `.pt2` AOTInductor package."""
     return f"{component}/{stage}{suffix}"
 
 
@@ -140,12 +141,13 @@ class StageEntry:
     precision: str
     profile: dict[str, Any] = field(default_factory=dict)  # input -> [min, opt, max] shapes
     reason: str = ""  # why it runs eager in a non-eager build
-    file: str | None = None  # its ONNX graph (onnx, tensorrt)
+    file: str | None = None  # its ONNX graph (onnx, tensorrt) or AOTInductor package (compile)
     engine: str | None = None  # its TensorRT plan
     fp8_scales: str | None = None  # its FP8 scales (Q/DQ graphs)
     fp8_layers: int = 0
     ort_vs_eager: dict[str, float] = field(default_factory=dict)  # relative L2 per output of the exported graph
     tensorrt_config: dict[str, Any] | None = None
+    aot_vs_eager: dict[str, float] = field(default_factory=dict)  # the AOTInductor package's, per output
 
     @property
     def built(self) -> bool:

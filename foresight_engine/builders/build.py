@@ -19,10 +19,11 @@ from ..backends import Backend
 from ..device import resolve_device
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
-from ..precision import Precision, PrecisionPolicy, apply_policy
-from . import fp8
+from .. import int8_linear
+from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
+from . import fp8, int8
 from .accuracy import AccuracyReport, AccuracyThresholds
-from .calibration import CalibrationSample, calibration_batches
+from .calibration import CalibrationSample, calibration_batches, default_samples
 from .exporters import write_stages, write_weights
 from .gate import enforce, measure
 from .plan import BuildPlan, resolve_plan
@@ -72,13 +73,21 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
     start = time.perf_counter()
     check_backend_available(backend, device)
     policy = resolve_policy(precision, backend, device)
+    if any(policy.of(c) == Precision.INT8 for c in COMPONENTS):
+        int8_linear.enable_kernels()  # raises naming torchao when it is missing, before any work
     reference = source if isinstance(source, GLPModel) else source.load()
     if reference.device.type != "cpu":  # export, calibration and ONNX checks run on the CPU; `device` is the target
         reference = copy.deepcopy(reference).to("cpu")
     shape = shape or BuildShape.for_config(reference.config)
-    fp8_stages = [s for s in export_specs(reference.config).values()
-                  if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
-    batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
+    specs = export_specs(reference.config).values()
+    fp8_stages = [s for s in specs if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
+    # int8 is a property of the component's weights: every stage of an int8 component is calibrated
+    int8_stages = [s for s in specs if policy.of(s.component) == Precision.INT8]
+    batches = {}
+    if fp8_stages:
+        batches = calibration_batches(reference, fp8_stages, shape, calibration)
+    if int8_stages:
+        batches |= calibration_batches(reference, int8_stages, shape, calibration or default_samples())
     calib_hash = fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage]) if batches else None
     plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash, stages)
     out_dir = Path(out_dir)
@@ -90,6 +99,8 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
     def write(tmp: Path) -> Manifest:
         model = copy.deepcopy(reference)
         apply_policy(model.components(), policy)
+        if int8_stages:  # calibrated on the fp32 reference, quantized from the `high` weights
+            int8.quantize(model, int8.calibrate(reference, int8_stages, shape, batches, policy))
         write_weights(model, tmp)
         scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
         stages = write_stages(model, plan, tmp, scales)

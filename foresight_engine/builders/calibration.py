@@ -1,5 +1,7 @@
-"""FP8 calibration sets: each stage's inputs, from its seeded sample inputs (default) or recorded at the stage
-boundary while the fp32 reference engine runs user images and prompts (`--calib IMAGE:PROMPT`).
+"""FP8/int8 calibration sets: each stage's inputs, from its seeded sample inputs (FP8's default) or recorded at the
+stage boundary while the fp32 reference engine runs images and prompts (`--calib IMAGE:PROMPT`; int8's default is
+`default_samples()`: int8's uniform grid needs the activation ranges of real requests, whose denoising steps run
+at every timestep of the schedule, more than FP8's floating grid does).
 
 Recording wraps the very stage functions the engine calls (the engine runs the stage wrappers builders export),
 so every call is seen whatever path the runtime takes: the denoising step at every step of the trajectory (the
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..backends import Backend
@@ -30,7 +33,7 @@ Batch = tuple[torch.Tensor, ...]
 
 @dataclass(frozen=True)
 class CalibrationSample:
-    image: Path
+    image: "Path | np.ndarray"  # a file, or uint8 [H, W, 3]
     prompt: str
 
     @classmethod
@@ -40,6 +43,19 @@ class CalibrationSample:
         if not sep or not prompt.strip():
             raise CalibrationError(f"--calib {text!r} must be IMAGE:PROMPT")
         return cls(Path(image), prompt)
+
+
+def default_samples(count: int = 2) -> list[CalibrationSample]:
+    """Seeded synthetic requests (a gradient plus noise, so the VAE and the vision tower see structure), not the
+    accuracy gate's probe set."""
+    prompts = ("What happens next? Describe the motion.", "Where will the objects be in a second?")
+    samples = []
+    for i in range(count):
+        rng = np.random.default_rng(2000 + i)
+        ramp = np.linspace(0, 255, 96, dtype=np.float32)[:, None, None]
+        image = np.clip(ramp * 0.7 + rng.integers(0, 80, (96, 96, 3)), 0, 255).astype(np.uint8)
+        samples.append(CalibrationSample(image, prompts[i % len(prompts)]))
+    return samples
 
 
 def _snapshot(stage: str, inputs: Batch) -> Batch:
@@ -73,14 +89,15 @@ def calibration_batches(reference: GLPModel, stages: list[ExportSpec], shape: Bu
     engine = Engine(reference, built=BuiltStages(functions, shape, {name: Backend.EAGER for name in functions}))
     for sample in samples:
         seen.clear()
-        engine.predict(str(sample.image), sample.prompt, height=shape.height, width=shape.width,
+        image = sample.image if isinstance(sample.image, np.ndarray) else str(sample.image)
+        engine.predict(image, sample.prompt, height=shape.height, width=shape.width,
                        num_frames=shape.num_frames, frame_rate=shape.frame_rate,
                        guidance_scale=2.0 if shape.guidance else 1.0)
     empty = sorted(name for name, batches in captured.items() if not batches)
     if empty:
-        raise CalibrationError(f"calibration samples {[str(s.image) for s in samples]} reached no call of stage(s) "
+        raise CalibrationError(f"calibration samples {[s.prompt for s in samples]} reached no call of stage(s) "
                                f"{empty} (e.g. an answer of one token never runs a decode step)")
     return captured
 
 
-__all__ = ["CalibrationSample", "DECODE_STEPS_PER_SAMPLE", "calibration_batches"]
+__all__ = ["CalibrationSample", "DECODE_STEPS_PER_SAMPLE", "calibration_batches", "default_samples"]

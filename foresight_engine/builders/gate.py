@@ -40,7 +40,7 @@ def _floats(result) -> torch.Tensor:
 
 
 def lowest_precision(policy: PrecisionPolicy) -> Precision:
-    order = [Precision.FP32, Precision.FP16, Precision.BF16, Precision.FP8]  # increasing tolerance
+    order = [Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8, Precision.FP8]  # increasing tolerance
     return max((policy.of(c) for c in COMPONENTS), key=order.index)
 
 
@@ -56,7 +56,7 @@ def _measure(reference: GLPModel, loaded: GLPModel, built: BuiltStages | None, s
              policy: PrecisionPolicy, steps: int | None) -> AccuracyReport:
     components = []
     functions = built.functions if built is not None else {}
-    for name, spec in export_specs(reference.config).items():
+    for name, spec in export_specs(reference.config, built.denoise_ops if built is not None else None).items():
         inputs = spec.sample_inputs(shape, seed=PROBE_SEED)
         expected = _floats(spec.wrap(reference, shape)(*(x.to(reference.device) for x in inputs)))
         # the built stage's function, or the artifact's weights in the eager stage wrapper

@@ -10,8 +10,9 @@ artifact (`Engine.load`), the functions its backend's runners load (`engine/runn
 - stage locks make a small pipeline across requests: the next request's vision + prefill runs while the previous
   request's video is denoised; `max_queue_size` bounds the requests in flight (`QueueFull` beyond);
 - the denoising loop is `models/denoising.py`'s, with the velocity from the static plan (`static=True`), the
-  plain transformer forward (`static=False`, the eager reference) or a built stage; on CUDA it can be replayed as
-  one CUDA graph (`cuda_graphs=True`, `graphs.py`); the text decode runs on one preallocated KV cache
+  plain transformer forward (`static=False`, the eager reference) or a built stage (a compile artifact's is the
+  static plan's whole step, compiled ahead of time: the loop runs it as its step program); on CUDA it can be
+  replayed as one CUDA graph (`cuda_graphs=True`, `graphs.py`); the text decode runs on one preallocated KV cache
   (`models/kv_cache.py`) per request in flight;
 - `cancel(id)` and `timeout_s` are checked at every denoising step and text token; `stream()` yields typed events.
 Results equal the eager reference: same tokens, frames within fp32 tolerance.
@@ -44,6 +45,7 @@ from ..models import denoising
 from ..models.glp import GLPModel
 from ..models.kv_cache import KVCache, attention_span, decode_step, default_length
 from ..models.stages import AdapterStage, DecodeStage, PrefillStage, VAEDecodeStage, VisionStage
+from ..models.static_velocity import StaticVelocity, step_program
 from ..models.video_geometry import VideoGeometry
 from ..verify import verify
 from ..verify.clips import load_clip
@@ -128,6 +130,7 @@ class Engine:
         self.step_cache = step_cache
         self.threads = threads or ThreadSplit()
         self.stages = self._stage_functions(built)
+        self.program: denoising.StepProgram = denoising.denoise_step  # how the loop runs one step
         self.velocity = self._velocity_model(built, static, step_cache)
         if cuda_graphs and not self.velocity.graphable:
             raise ConfigError("cuda_graphs=True needs a graph-safe denoising step; this artifact's denoise stage runs "
@@ -153,6 +156,11 @@ class Engine:
 
     def _velocity_model(self, built: BuiltStages | None, static: bool, step_cache: float | None):
         decoder = self.model.video_decoder
+        if built is not None and built.static_denoise:
+            # the built whole step runs each step; the static plan's `prepare` still makes its tables, with the
+            # custom ops (and so the table layout) the step was built with
+            self.program = step_program(built.functions["denoise"])
+            return StaticVelocity(decoder.transformer, ops=built.denoise_ops)
         if built is not None and "denoise" in built.functions:
             return decoder.stage_velocity(built.functions["denoise"], built.graphable("denoise"))
         return decoder.velocity_model(static, step_cache)
@@ -466,8 +474,8 @@ class Engine:
                 if on_step is not None:
                     on_step(i, n)
             if self._graphs is None:
-                return denoising.denoise(self.velocity, state, loop, step)
-            latents = self._graphs.run(self.velocity, state, loop, exclusive)
+                return denoising.denoise(self.velocity, state, loop, step, self.program)
+            latents = self._graphs.run(self.velocity, state, loop, exclusive, self.program)
             for i in range(loop.num_steps):  # no host sync inside the graph: progress is reported after it
                 step(i + 1, loop.num_steps)
             return latents

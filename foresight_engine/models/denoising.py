@@ -9,6 +9,9 @@ e.g. an image-to-video model's conditioned first frame, never move).
 Everything the loop reads is a tensor on the latents' device (step sizes, guidance scale, the model's state), and
 nothing is read back to the host, so the whole loop can be captured as one CUDA graph (`engine/graphs.py`)
 whatever computes the velocity, as long as that is graph-safe too (`VelocityModel.graphable`).
+
+The step index `i` is a Python int in eager loops, or a 0-d int64 tensor where `denoise_step` itself is compiled
+(`static_velocity.StaticStep`: one graph serves every step; `at` reads a per-step row either way).
 A decoder family (models/video_decoder.py for LTX-Video) provides its velocity models; this file is shared.
 """
 from __future__ import annotations
@@ -19,6 +22,14 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 
 StepHook = Callable[[int, int], None]  # (step 1-based, total); may raise to stop the loop
+Index = int | torch.Tensor  # a step index: a Python int, or a 0-d int64 tensor inside a compiled step
+
+
+def at(table: torch.Tensor, i: Index) -> torch.Tensor:
+    """`table[i]` for an int or a 0-d tensor index (no host read: a compiled step indexes with a tensor)."""
+    if isinstance(i, int):
+        return table[i]
+    return table.index_select(0, i.reshape(1)).squeeze(0)
 
 
 @dataclass(frozen=True)
@@ -60,13 +71,18 @@ class DenoiseLoop:
     guidance: torch.Tensor  # [] fp32
     pinned: int  # leading tokens that never move
     batch: int  # 2 with classifier-free guidance, else 1
+    steps: torch.Tensor | None = None  # [N] int64 0..N-1: step indices a compiled step reads (views, no copy)
+
+    def __post_init__(self) -> None:
+        if self.steps is None:
+            self.steps = torch.arange(self.step_sizes.shape[0], device=self.step_sizes.device)
 
     @property
     def num_steps(self) -> int:
         return self.step_sizes.shape[0]
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.latents, self.step_sizes, self.guidance]
+        return [self.latents, self.step_sizes, self.guidance, self.steps]
 
 
 def guided(conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
@@ -92,24 +108,29 @@ def start(model: VelocityModel, geometry: Any, latents: torch.Tensor, pinned: in
     return state, loop
 
 
-def denoise_step(model: VelocityModel, state: VelocityState, loop: DenoiseLoop, i: int) -> None:
+def denoise_step(model: VelocityModel, state: VelocityState, loop: DenoiseLoop, i: Index) -> None:
     """Step `i`, in place on `loop.latents`: the one place for classifier-free guidance and the Euler update."""
     velocity = model.velocity(state, loop.latents.expand(loop.batch, -1, -1), i)  # [B, S, C] fp32
     if loop.batch == 2:
         uncond, cond = velocity.chunk(2)
         velocity = uncond + loop.guidance * (cond - uncond)
-    loop.latents[:, loop.pinned:].add_(loop.step_sizes[i] * velocity[:, loop.pinned:])
+    loop.latents[:, loop.pinned:].add_(at(loop.step_sizes, i) * velocity[:, loop.pinned:])
 
 
-def denoise(model: VelocityModel, state: VelocityState, loop: DenoiseLoop,
-            on_step: StepHook | None = None) -> torch.Tensor:
+# How a loop runs step i: `denoise_step` itself, or a compiled/packaged `denoise_step` (the same code as one graph,
+# `static_velocity.step_program`)
+StepProgram = Callable[[VelocityModel, VelocityState, DenoiseLoop, int], None]
+
+
+def denoise(model: VelocityModel, state: VelocityState, loop: DenoiseLoop, on_step: StepHook | None = None,
+            program: StepProgram = denoise_step) -> torch.Tensor:
     """Every step, in place; returns `loop.latents` ([1, S, C] fp32). `on_step` runs between steps."""
     for i in range(loop.num_steps):
-        denoise_step(model, state, loop, i)
+        program(model, state, loop, i)
         if on_step is not None:
             on_step(i + 1, loop.num_steps)
     return loop.latents
 
 
-__all__ = ["DenoiseLoop", "Schedule", "StepHook", "VelocityModel", "VelocityState", "denoise", "denoise_step",
-           "guided", "start"]
+__all__ = ["DenoiseLoop", "Schedule", "StepHook", "StepProgram", "VelocityModel", "VelocityState", "at", "denoise",
+           "denoise_step", "guided", "start"]

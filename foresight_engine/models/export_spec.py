@@ -2,6 +2,11 @@
 shape and a min/opt/max shape profile (what TensorRT's optimization profiles and the ONNX export consume).
 `export_specs(config)` is also the one vocabulary of stage names (`STAGES`).
 
+The `denoise` stage has two forms: one plain transformer forward (`DenoiseStage`: what ONNX and TensorRT build, run
+by the loop as a velocity), or, with `export_specs(config, denoise_ops=...)`, the static plan's whole step
+(`static_velocity.StaticStep`: velocity + guidance + Euler update in one graph, the step index a tensor, the
+number of steps a dynamic axis), which the compile backend builds ahead of time.
+
 Model code only: no onnx, tensorrt or builders imports here.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from .kv_cache import default_length
 from .stages import AdapterStage, DecodeStage, DenoiseStage, PrefillStage, VAEDecodeStage, VisionStage
+from .static_velocity import StaticStep
 from .video_geometry import VideoGeometry
 
 Shape = tuple[int, ...]
@@ -81,7 +87,8 @@ class ExportSpec:
     wrap: Callable[[Any, BuildShape], nn.Module]
     sampler: Callable[[BuildShape, torch.Generator], tuple[torch.Tensor, ...]]
     profiler: Callable[[BuildShape], dict[str, tuple[Shape, Shape, Shape]]]
-    cache_inputs: tuple[str, ...] = ()  # KV-cache inputs: kept in the component's dtype, never copied to fp32
+    # inputs kept in the component's dtype, never copied to fp32: KV caches, the static plan's tables
+    cache_inputs: tuple[str, ...] = ()
 
     def sample_inputs(self, shape: BuildShape, seed: int = 0,
                       cache_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
@@ -108,8 +115,9 @@ def _vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
     return VAEDecodeStage(model.vae, config.generation.decode_timestep)
 
 
-def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
-    """The six stages of the stack, in run order."""
+def export_specs(config: ModelConfig, denoise_ops: frozenset[str] | None = None) -> dict[str, ExportSpec]:
+    """The six stages of the stack, in run order; `denoise_ops` (the custom ops the blocks call) selects the
+    static whole-step form of `denoise`."""
     v, t, a, tr = config.vision, config.text, config.adapter, config.transformer
     patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
     side = _image_patches(config)
@@ -185,7 +193,50 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
         ExportSpec("vae_decode", "vae", ("latents",), ("video",), {},
                    lambda m, s: _vae_stage(m, config), vae_inputs, fixed(vae_inputs, ("latents",))),
     ]
+    if denoise_ops is not None:
+        specs[4] = _static_denoise_spec(config, denoise_ops)
     return {spec.name: spec for spec in specs}
 
 
-__all__ = ["BuildShape", "ExportSpec", "STAGES", "export_specs"]
+def denoise_ops_of(options: "dict[str, Any] | Any") -> frozenset[str] | None:
+    """The custom ops a built static `denoise` step calls, from an artifact's backend options (None: the plain
+    one-forward form)."""
+    ops = options.get("denoise_ops")
+    return None if ops is None else frozenset(ops)
+
+
+def _static_denoise_spec(config: ModelConfig, ops: frozenset[str]) -> ExportSpec:
+    """`denoise` as `StaticStep`: latents, step, step_sizes, guidance, then the plan's tables (`DenoisePlan.tensors()`
+    order); the number of steps N is a dynamic axis (the tables have N + 1 rows: the last is the pinned frame's)."""
+    tr, blocks = config.transformer, config.transformer.num_layers
+    d, heads, length = tr.inner_dim, tr.num_attention_heads, config.adapter.num_tokens
+    tables = tuple(f"block_ada.{j}" for j in range(blocks)) + ("out_ada",)
+    kv = tuple(f"cross_{x}.{j}" for j in range(blocks) for x in "kv")
+    names = ("latents", "step", "step_sizes", "guidance", "token_is_pinned", *tables[:-1], "out_ada", "rope_cos",
+             "rope_sin", "cross_bias", *kv)
+    rope_width = d // 2 if "rmsnorm_rope" in ops else d  # the fused op reads one angle per pair
+
+    def inputs(s: BuildShape, g: torch.Generator, steps: int | None = None):
+        geometry = s.geometry(config)
+        n, tokens, b = steps or config.generation.num_inference_steps, geometry.grid.num_tokens, s.batch
+        angles = torch.rand(b, tokens, rope_width, generator=g) * 6.28
+        return (torch.randn(1, tokens, geometry.grid.token_channels, generator=g), torch.tensor(1),
+                -torch.rand(n, generator=g) / n, torch.tensor(3.0 if s.guidance else 1.0),
+                (torch.arange(tokens) < geometry.pinned).view(1, tokens, 1, 1),
+                *(0.1 * torch.randn(n + 1, 6, d, generator=g) for _ in range(blocks)),
+                0.1 * torch.randn(n + 1, 2, d, generator=g), angles.cos(), angles.sin(), torch.zeros(b, 1, 1, length),
+                *(torch.randn(b, heads, length, d // heads, generator=g) for _ in kv))
+
+    def profiler(s: BuildShape):
+        least, most = (tuple(tuple(x.shape) for x in inputs(s, torch.Generator(), n))
+                       for n in (1, config.generation.max_inference_steps))
+        opt = tuple(tuple(x.shape) for x in inputs(s, torch.Generator()))
+        return {name: (a, o, m) for name, a, o, m in zip(names, least, opt, most)}
+
+    dynamic = {"step_sizes": {0: "steps"}} | {name: {0: "steps+1"} for name in tables}
+    return ExportSpec("denoise", "video_decoder", names, ("latents",), dynamic,
+                      lambda m, s: StaticStep(m.video_decoder.transformer, s.batch, s.geometry(config).pinned, ops),
+                      inputs, profiler, cache_inputs=(*tables, "cross_bias", *kv))
+
+
+__all__ = ["BuildShape", "ExportSpec", "STAGES", "denoise_ops_of", "export_specs"]

@@ -19,7 +19,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DMode
 from torch import nn
 
 from ..config import SchedulerConfig, TransformerConfig
-from .denoising import Schedule, VelocityModel
+from .denoising import Schedule, VelocityModel, at
 from .static_velocity import StaticVelocity
 from .video_geometry import VideoGeometry
 
@@ -122,8 +122,8 @@ class StepVelocity:
         timesteps = (schedule.timesteps.view(-1, 1, 1) * moving).expand(-1, batch, -1).contiguous()  # [N, B, S]
         return StepState(self.step_for(geometry), conditioning, conditioning_mask, timesteps)
 
-    def velocity(self, state: StepState, latents: torch.Tensor, i: int) -> torch.Tensor:
-        out = state.step(latents, state.conditioning, state.conditioning_mask, state.timesteps[i])
+    def velocity(self, state: StepState, latents: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+        out = state.step(latents, state.conditioning, state.conditioning_mask, at(state.timesteps, i))
         return (out[0] if isinstance(out, (tuple, list)) else out).float()
 
 

@@ -53,6 +53,12 @@ class BuiltStages:
     functions: Mapping[str, StageFn]
     shape: BuildShape
     backends: Mapping[str, Backend]  # stage -> the backend that built it
+    denoise_ops: frozenset[str] | None = None  # a static `denoise` step's custom ops (None: the plain form)
+
+    @property
+    def static_denoise(self) -> bool:
+        """Whether the built `denoise` stage is the static plan's whole step (`StaticStep`)."""
+        return "denoise" in self.functions and self.backends["denoise"].spec.static_denoise
 
     def graphable(self, stage: str) -> bool:
         """Whether a CUDA graph may capture calls of built `stage`."""
