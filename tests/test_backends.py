@@ -25,8 +25,9 @@ def test_lookups_replace_backend_strings():
     assert Backend.parse("onnx") is Backend.ONNX and Backend.ONNX.spec.takes("decode")
     assert not Backend.COMPILE.spec.takes("prefill") and Backend.COMPILE.spec.takes("decode")  # fixed-shape decode
     assert not any(spec.takes("vision") for b, spec in REGISTRY.items() if b != Backend.EAGER)
-    assert Backend.COMPILE.spec.options_for("cpu")["mode"] is None
-    assert "cudagraphs" in Backend.COMPILE.spec.options_for("cuda")["mode"]  # the engine graphs the loop itself
+    cpu, cuda = Backend.COMPILE.spec.options_for("cpu"), Backend.COMPILE.spec.options_for("cuda")
+    assert cpu["aot"] and cpu["freezing"] and cpu["fullgraph"] and not cpu["max_autotune"]  # see backends.py
+    assert cuda["max_autotune"] and Backend.COMPILE.spec.static_denoise
     assert Backend.ONNX.spec.options_for(torch.device("cpu")) == {"opset": 20, "dynamo": True}
     assert not Backend.ONNX.spec.graphable and Backend.TENSORRT.spec.graphable
     with pytest.raises(ConfigError, match=r"'torch-tensorrt'.*\['eager', 'compile', 'onnx', 'tensorrt'\]"):
@@ -43,6 +44,11 @@ def test_precisions_per_backend_and_device():
     Backend.ONNX.spec.check_policy(PrecisionPolicy.for_precision("fp8", high="fp32"), "cpu")
     assert Backend.ONNX.spec.high_precision("cpu").value == "fp32"
     assert Backend.TENSORRT.spec.high_precision("cuda").value == "bf16"
+    int8 = PrecisionPolicy.for_precision("int8")
+    Backend.COMPILE.spec.check_policy(int8, "cpu")  # oneDNN int8 GEMMs in the compiled graph
+    for backend, device in ((Backend.EAGER, "cpu"), (Backend.COMPILE, "cuda")):
+        with pytest.raises(ConfigError, match="int8"):
+            backend.spec.check_policy(int8, device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
