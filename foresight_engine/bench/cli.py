@@ -22,7 +22,12 @@ def add_bench_parser(sub) -> None:
                    help="comma-separated configurations (default: all; see the table's names)")
     p.add_argument("--stages", type=_csv, default=STAGES,
                    help=f"comma-separated stage suites, empty for none (default {','.join(STAGES)})")
-    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--json", type=Path, help="write the results as JSON here (per configuration: lossless, "
+                                             "psnr_vs_reference, speedup_vs_naive, speedup_vs_best_peer; "
+                                             "best_lossless, best_lossy)")
+    p.add_argument("--markdown", type=Path, help="write the lossless and lossy tables as markdown here")
+    p.add_argument("--readme", type=Path, help="splice the markdown tables into this file between "
+                                               "<!-- bench:begin --> and <!-- bench:end -->")
     p.add_argument("--plot", type=Path, help="write a PNG timeline of each configuration's last step here")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where every contender runs (default cpu)")
     p.set_defaults(func=_bench)
@@ -30,6 +35,10 @@ def add_bench_parser(sub) -> None:
 
 def _bench(args) -> int:
     from ..errors import ForesightError
+    import shlex
+    import sys
+
+    from .markdown import format_markdown, splice
     from .runner import SuiteOptions, format_table, run_suite
     from .timeline import plot_timelines
     unknown = [s for s in args.stages if s not in STAGES]
@@ -46,6 +55,16 @@ def _bench(args) -> int:
     if args.plot:
         plot_timelines(report.timelines, args.plot, f"one step, preset {args.preset}")
         print(f"plot: {args.plot}")
+    if args.markdown or args.readme:
+        markdown = format_markdown(report, "foresight-engine " + shlex.join(sys.argv[sys.argv.index("bench"):]
+                                                                            if "bench" in sys.argv else ["bench"]))
+        if args.markdown:
+            with atomic_output(args.markdown) as tmp:
+                tmp.write_text(markdown)
+            print(f"markdown: {args.markdown}")
+        if args.readme:
+            splice(args.readme, markdown)
+            print(f"tables spliced into {args.readme}")
     return 0
 
 

@@ -1,6 +1,10 @@
 """Who runs in a benchmark: the peers (plain library code on the same weights and inputs) and the engine's
 configurations. Configurations are data: append an `EngineConfig` to `ENGINE_CONFIGS` (e.g. a built artifact
-through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite and the CLI pick it up."""
+through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite and the CLI pick it up.
+
+`lossless=False` marks a contender that skips work (a step cache): it is reported in its own table, against the
+peers' own lossy options (diffusers' cache hooks on the same pipeline), each with its frame PSNR against the fp32
+reference, and compared at equal quality (`runner.LOSSY_MIN_PSNR_DB`)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline
+from diffusers import FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, \
+    TaylorSeerCacheConfig
 
 from .. import kernels
 from ..engine import Engine
@@ -69,6 +74,8 @@ class BenchContext:
     artifact_root: Path = field(default_factory=lambda: Path(os.environ.get("FORESIGHT_BENCH_ARTIFACTS",
                                                                             ".benchmarks/artifacts")))
     stage_flops: dict[str, int] = field(default_factory=dict)  # model FLOPs per stage call, counted once
+    load_s: dict[str, float] = field(default_factory=dict)  # artifact -> Engine.load seconds
+    _reference: "StepResult | None" = None
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -89,6 +96,15 @@ class BenchContext:
             self.models[precision] = model
         return self.models[precision]
 
+    def reference(self) -> StepResult:
+        """The fp32 eager reference engine's output on the inputs (computed once): what every contender's frames are
+        held to (`psnr_vs_reference`)."""
+        if self._reference is None:
+            engine = Engine(self.base.model, static=False, overlap=False)
+            pred = engine.predict(self.inputs.images, self.inputs.prompt, **self.inputs.settings)
+            self._reference = StepResult(pred.token_ids, pred.frames, pred.timings)
+        return self._reference
+
     def engine(self, config: "EngineConfig") -> Engine:
         if config.name not in self.engines:
             self.engines[config.name] = config.build(self)
@@ -104,6 +120,7 @@ class EngineConfig:
     build: Callable[[BenchContext], Engine]
     description: str = ""
     role: str = "engine"
+    lossless: bool = True  # False: skips work (a step cache)
 
     def step_fn(self, ctx: BenchContext) -> StepFn:
         engine = ctx.engine(self)
@@ -124,6 +141,7 @@ class Peer:
     build: Callable[[BenchContext], StepFn]
     description: str = ""
     role: str = "peer"
+    lossless: bool = True
 
     def step_fn(self, ctx: BenchContext) -> StepFn:
         return self.build(ctx)
@@ -191,9 +209,27 @@ def _best_peer(ctx: BenchContext) -> StepFn:
     return library_step(Engine(model), ltx_pipeline(model, compiled), ctx.inputs)
 
 
+def _cached_peer(cache: Any) -> Callable[[BenchContext], StepFn]:
+    """The peer with one of diffusers' own step caches (`transformer.enable_cache`) on a bf16 copy of the LTX
+    transformer, eager: the cache hooks decide per step on the host, which fullgraph compilation cannot trace."""
+    def build(ctx: BenchContext) -> StepFn:
+        model = ctx.model_at("bf16")
+        transformer = copy.deepcopy(model.video_decoder.transformer)
+        transformer.enable_cache(cache)
+        return library_step(Engine(model), ltx_pipeline(model, transformer), ctx.inputs)
+    return build
+
+
 PEERS: list[Peer] = [
     Peer("naive", "fp32", _naive, "transformers generate() then diffusers LTXImageToVideoPipeline, fp32 eager"),
     Peer("best-peer", "bf16", _best_peer, "the same in bf16 with torch.compile of the LTX transformer"),
+    *(Peer(f"peer-fbcache-{t}", "bf16", _cached_peer(FirstBlockCacheConfig(threshold=t)),
+           f"the peer in bf16 with diffusers' FirstBlockCacheConfig(threshold={t})", lossless=False)
+      for t in (0.05, 0.1, 0.2)),
+    Peer("peer-taylorseer-2", "bf16",
+         _cached_peer(TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2)),
+         "the peer in bf16 with diffusers' TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2)",
+         lossless=False),
 ]
 
 ENGINE_CONFIGS: list[EngineConfig] = [
@@ -207,10 +243,16 @@ ENGINE_CONFIGS: list[EngineConfig] = [
                  "the runtime with every component cast to bf16"),
     EngineConfig("runtime-bf16-sequential", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), overlap=False),
                  "the runtime in bf16 without the text/video overlap"),
-    EngineConfig("runtime-bf16-stepcache", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), step_cache=0.2),
-                 "the runtime in bf16 with the first-block step cache (threshold 0.2)"),
+    *(EngineConfig(f"runtime-bf16-stepcache-{t}", "bf16",
+                   lambda ctx, t=t: Engine(ctx.model_at("bf16"), step_cache=t),
+                   f"the runtime in bf16 with the first-block step cache (threshold {t})", lossless=False)
+      for t in (0.2, 0.4)),
     EngineConfig("compile-bf16", "bf16", lambda ctx: _artifact_engine(ctx, "compile", "bf16"),
-                 "a built artifact: torch.compile stages in bf16 (Engine.load), overlapped"),
+                 "a built artifact: AOTInductor packages in bf16, the whole denoising step one graph (Engine.load), "
+                 "overlapped"),
+    EngineConfig("compile-int8", "int8", lambda ctx: _artifact_engine(ctx, "compile", "int8"),
+                 "a built artifact: AOTInductor packages, the two transformers' Linears int8 (oneDNN), the rest "
+                 "bf16 (Engine.load), overlapped"),
     EngineConfig("onnx-fp32", "fp32", lambda ctx: _artifact_engine(ctx, "onnx", "fp32"),
                  "a built artifact: ONNX Runtime stages in fp32 (Engine.load), overlapped"),
 ]
@@ -222,7 +264,10 @@ def _artifact_engine(ctx: BenchContext, backend: str, precision: str) -> Engine:
     from ..builders.build import build  # the bench is a builder's client; the engine itself never imports builders
     directory = ctx.artifact_root / f"{ctx.preset}-seed{ctx.seed}-{backend}-{precision}-{ctx.device}"
     result = build(ctx.base.model, directory, backend=backend, precision=precision, gate=False, device=ctx.device)
-    return Engine.load(result.directory, device=ctx.device)
+    start = time.perf_counter()
+    engine = Engine.load(result.directory, device=ctx.device)
+    ctx.load_s[f"{backend}-{precision}"] = time.perf_counter() - start  # what a user waits for before a request
+    return engine
 
 
 def contenders(names: list[str] | None = None) -> list[Peer | EngineConfig]:

@@ -1,6 +1,7 @@
 """Stage suites: each stage of an engine as a no-argument callable on fixed inputs computed once beforehand."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -38,7 +39,10 @@ def stage_calls(engine: Engine, inputs: BenchInputs) -> dict[str, Callable[[], A
         "decode_step": lambda: decode_step(engine.stages["decode"], prefill.cache, first_token,
                                            prefill.next_position, slot, span),
         "adapter": lambda: engine.adapt(prefill.world_latent),
-        "denoise_step": lambda: engine.velocity.velocity(state, loop.latents.expand(loop.batch, -1, -1), 0),
+        # the whole step as the loop runs it (velocity, guidance, Euler update: one graph in a compile artifact), on
+        # a copy of the latents so every call starts from the same ones
+        "denoise_step": lambda: engine.program(engine.velocity, state,
+                                               dataclasses.replace(loop, latents=loop.latents.clone()), 0),
         "vae": lambda: engine.decode_video(latents, geometry, torch.Generator("cpu").manual_seed(0)),
     }
     return {name: torch.inference_mode()(fn) for name, fn in calls.items()}

@@ -55,13 +55,18 @@ def plot_timelines(timelines: dict[str, Any], path: str | Path, title: str = "")
 
     panels = {name: spans_of(t) for name, t in timelines.items()}
     panels = {k: v for k, v in panels.items() if v}
+    # one colour per stage in every panel (a lane "thread: stage" takes its stage's)
+    stages = list(dict.fromkeys(s.lane.rpartition(": ")[2] for spans in panels.values() for s in spans))
+    palette = plt.get_cmap("tab20").colors
+    colour = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
     heights = [0.8 + 0.4 * len({s.lane for s in spans}) for spans in panels.values()] or [1.0]
     fig, axes = plt.subplots(len(heights), 1, figsize=(10, 0.6 + sum(heights)), squeeze=False, sharex=True,
                              gridspec_kw={"height_ratios": heights})
     for ax, (name, spans) in zip(axes[:, 0], panels.items()):
         lanes = list(dict.fromkeys(s.lane for s in spans))
         for s in spans:
-            ax.barh(lanes.index(s.lane), s.end - s.start, left=s.start, height=0.6)
+            ax.barh(lanes.index(s.lane), s.end - s.start, left=s.start, height=0.6,
+                    color=colour[s.lane.rpartition(": ")[2]])
         ax.set_yticks(range(len(lanes)), lanes)
         ax.invert_yaxis()
         ax.set_title(name, fontsize=9, loc="left")
