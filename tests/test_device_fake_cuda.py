@@ -83,6 +83,24 @@ def test_whole_denoising_loop(fake, static, guidance):
     _on_fake_cuda(latents, *state.tensors(), *loop.tensors())
 
 
+def test_whole_step_program_reads_the_step_index_as_a_tensor(fake):
+    """A compile artifact's `denoise` stage is `StaticStep` (the whole step, exported once for every step): run as the
+    loop's program it indexes its tables with `loop.steps[i]`, a device tensor, so it reads nothing back."""
+    from foresight_engine.models.static_velocity import StaticStep, StaticVelocity, step_program
+    model, mode, geometry, schedule = fake
+    c = model.config
+    transformer = model.video_decoder.transformer
+    with mode, torch.inference_mode():
+        velocity = StaticVelocity(transformer, ops=frozenset())
+        conditioning = torch.randn(1, c.adapter.num_tokens, c.transformer.caption_channels, device="cuda")
+        mask = torch.ones(1, c.adapter.num_tokens, dtype=torch.long, device="cuda")
+        latents = torch.randn(1, geometry.grid.num_tokens, geometry.grid.token_channels, device="cuda")
+        state, loop = denoising.start(velocity, geometry, latents, geometry.pinned, conditioning, mask, schedule, 3.0)
+        program = step_program(StaticStep(transformer, loop.batch, geometry.pinned, frozenset()))
+        out = denoising.denoise(velocity, state, loop, program=program)
+    _on_fake_cuda(out, loop.steps)
+
+
 def test_graph_capture_gets_past_every_check_but_the_missing_gpu(fake):
     """On fake CUDA the capture refuses nothing but the absence of a real GPU (named)."""
     model, mode, geometry, schedule = fake

@@ -29,6 +29,24 @@ def _run(engine, x, static=True, step_cache=None, on_step=None):
         return denoising.denoise(model, state, loop, on_step), state, loop
 
 
+def test_whole_step_module_equals_the_loop_step(engine, image):
+    """`StaticStep` (what a compile artifact exports as `denoise`: one module for every step, the index a tensor) run
+    as the loop's program equals the shared loop's own step, fp32."""
+    from foresight_engine import kernels
+    from foresight_engine.models.static_velocity import StaticStep, StaticVelocity, step_program
+    x = _denoise_inputs(engine, image, 3.0)
+    g, transformer = x["geometry"], engine.model.video_decoder.transformer
+    ref, _, _ = _run(engine, x)
+    ops = frozenset(kernels.wired_ops("cpu"))
+    velocity = StaticVelocity(transformer, ops=ops)
+    with torch.inference_mode():
+        state, loop = denoising.start(velocity, g, x["latents"], g.pinned, x["cond"], x["mask"], x["schedule"], 3.0)
+        program = step_program(StaticStep(transformer, loop.batch, g.pinned, ops))
+        ours = denoising.denoise(velocity, state, loop, program=program)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours, x["latents"])
+
+
 @pytest.mark.parametrize("guidance_scale,steps", [(1.0, 3), (3.0, 3), (1.0, 1)])
 def test_static_velocity_equals_the_plain_forward(engine, image, guidance_scale, steps):
     x = _denoise_inputs(engine, image, guidance_scale, steps)
