@@ -3,7 +3,8 @@ the denoising step's largest GEMMs) in bf16 and through each well-kept int8 path
 
     python -m foresight_engine.bench.int8_kernels --preset small [--rounds 20] [--json F]
 
-Contenders: `bf16` (inductor, weights frozen), `int8-static` (this package's `Int8Linear`: PT2E's Q/DQ form with a
+Contenders: `bf16` (inductor, weights frozen), `bf16-max-autotune` (inductor's CPU GEMM templates autotuned against
+oneDNN), `int8-static` (this package's `Int8Linear`: PT2E's Q/DQ form with a
 calibrated per-tensor input scale, lowered by torchao's x86 inductor passes to oneDNN `qlinear_pointwise`; what
 `--precision int8` builds), `torchao-dynamic` (torchao's `Int8DynamicActivationInt8WeightConfig`: per-token scales
 computed each call), `torchao-weight-only` (`Int8WeightOnlyConfig`: int8 weights, bf16 math), `ort-dynamic`
@@ -40,10 +41,14 @@ def feed_forward(config: ModelConfig) -> tuple[nn.Module, torch.Tensor]:
     return module, torch.randn(2 * tokens, d)
 
 
-def _compiled(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    with torch._inductor.config.patch(freezing=True):
-        compiled = torch.compile(module, fullgraph=True, dynamic=False)
-    return lambda x: compiled(x)
+def _compiled(module: nn.Module, max_autotune: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Compiled with freezing; the patch must hold at the first call, where inductor compiles."""
+    compiled = torch.compile(module, fullgraph=True, dynamic=False)
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        with torch._inductor.config.patch(freezing=True, max_autotune=max_autotune):
+            return compiled(x)
+    return call
 
 
 def _int8_static(module: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -81,6 +86,7 @@ def contenders(module: nn.Module, x: torch.Tensor) -> dict[str, Callable[[torch.
     int8_linear.enable_kernels()
     return {
         "bf16": _compiled(copy.deepcopy(module).to(torch.bfloat16)),
+        "bf16-max-autotune": _compiled(copy.deepcopy(module).to(torch.bfloat16), max_autotune=True),
         "int8-static": _compiled(_int8_static(module, x)),
         "torchao-dynamic": _compiled(_torchao(module, Int8DynamicActivationInt8WeightConfig())),
         "torchao-weight-only": _compiled(_torchao(module, Int8WeightOnlyConfig())),

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
-from ..engine import Engine
-from ..models import denoising
-from ..models.kv_cache import decode_step
-from .contenders import BenchInputs
+if TYPE_CHECKING:  # `STAGES` is read by the CLI's parser, which must not import torch
+    from ..engine import Engine
+    from .contenders import BenchInputs
 
 STAGES = ("vision", "prefill", "decode_step", "adapter", "denoise_step", "vae")
 
@@ -17,6 +14,10 @@ STAGES = ("vision", "prefill", "decode_step", "adapter", "denoise_step", "vae")
 def stage_calls(engine: Engine, inputs: BenchInputs) -> dict[str, Callable[[], Any]]:
     """`{stage: fn}` for one engine; the inputs of each stage come from the engine's own previous stages, and each
     stage runs what the engine runs (its stage functions, its velocity model, its KV cache and decode span)."""
+    import torch
+
+    from ..models import denoising
+    from ..models.kv_cache import decode_step
     with torch.inference_mode():
         request = engine.prepare(inputs.images, inputs.prompt, **inputs.settings)
         image_embeds = engine.vision(request)

@@ -15,7 +15,7 @@ import inspect
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch.export import Dim
@@ -190,9 +190,11 @@ EXPORTERS: dict[Backend, Callable[[ExportJob, StageEntry], StageEntry]] = {
 }
 
 
-def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
-                 scales: dict[str, fp8.Fp8Scales]) -> dict[str, dict[str, StageEntry]]:
-    """{component: {stage: entry}}; writes each built stage's files through its backend's exporter."""
+def write_stages(model: GLPModel, plan: BuildPlan, out: Path, scales: dict[str, fp8.Fp8Scales],
+                 step: Callable[[str], ContextManager] = lambda what: contextlib.nullcontext()
+                 ) -> dict[str, dict[str, StageEntry]]:
+    """{component: {stage: entry}}; writes each built stage's files through its backend's exporter. `step(what)`
+    wraps each export (the build's progress bar)."""
     specs = export_specs(model.config, denoise_ops_of(plan.factors.options))
     components: dict[str, dict[str, StageEntry]] = {name: {} for name in model.components()}
     for name, stage in plan.stages.items():
@@ -203,7 +205,8 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
                            profile=stage.to_dict()["profile"], reason=stage.reason)
         exporter = EXPORTERS.get(stage.backend)
         if exporter is not None:
-            entry = exporter(ExportJob(model, specs[name], stage, plan, out, scales.get(name)), entry)
+            with step(f"export {name}"):
+                entry = exporter(ExportJob(model, specs[name], stage, plan, out, scales.get(name)), entry)
         components[stage.component][name] = entry
     return components
 
