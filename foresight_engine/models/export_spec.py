@@ -255,7 +255,7 @@ def _static_denoise_spec(config: ModelConfig, ops: frozenset[str]) -> ExportSpec
 
     def profiler(s: BuildShape):
         least, most = (tuple(tuple(x.shape) for x in inputs(s, torch.Generator(), n))
-                       for n in (1, config.generation.max_inference_steps))
+                       for n in (1, config.generation.limits.max_inference_steps))
         opt = tuple(tuple(x.shape) for x in inputs(s, torch.Generator()))
         return {name: (a, o, m) for name, a, o, m in zip(names, least, opt, most)}
 
