@@ -99,3 +99,12 @@ def test_family_split_of_an_ltx_block_adds_up_and_finds_norms_and_rope():
     assert families["RoPE"].activation_elements > 0  # inside apply_rotary_emb
     linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
     assert families["GEMMs"].weight_elements == sum(p.numel() for m in linears for p in m.parameters())
+
+
+def test_timeline_colours_a_stage_the_same_in_every_panel():
+    from foresight_engine.bench.timeline import timeline_figure
+    fig = timeline_figure({"a": SimpleNamespace(stages={"vision": 1.0, "denoise": 2.0}),
+                           "b": SimpleNamespace(spans={"denoise": (0.0, 1.0), "text": (0.0, 0.5)})})
+    colours = [{tuple(bar.get_facecolor()) for bar in ax.patches} for ax in fig.axes]
+    (a_vision, a_denoise), (b_denoise, b_text) = ([tuple(p.get_facecolor()) for p in ax.patches] for ax in fig.axes)
+    assert a_denoise == b_denoise and len({a_vision, a_denoise, b_text}) == 3 and all(colours)
