@@ -2,7 +2,7 @@
 and the typed manifest both sides read and write.
 
 Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `backbone/`, `adapter/`,
-`video_decoder/`, `vae/`) holding `weights.safetensors` and the files of its built stages (`<stage>.onnx`,
+`video_decoder/`, `vae/`, and `spatial_encoder/` with the hybrid encoder) holding `weights.safetensors` and the files of its built stages (`<stage>.onnx`,
 `<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer and image processor). The manifest keeps the
 raw key factors (`KeyFactors`), their hash (`key`), what each component was built as (`ComponentEntry`, one
 `StageEntry` per stage), and the sha256 and size of every file. A cache hit is a key match of a verified artifact,
@@ -35,7 +35,9 @@ from .errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "foresight-artifact-v2"  # v2: one KV cache (decode on a fixed-length buffer), typed stage entries
+# v2: one KV cache (decode on a fixed-length buffer), typed stage entries; v3: the config's decoder is a
+# discriminated section (`decoder.family`), the optional `spatial_encoder` component
+FORMAT = "foresight-artifact-v3"
 MANIFEST = "manifest.json"
 PROCESSOR_DIR = "processor"
 WEIGHTS_FILE = "weights.safetensors"
@@ -342,8 +344,7 @@ def describe(manifest: Manifest) -> str:
     lines = [f"artifact {manifest.key[:16]}  ({manifest.format}, built {time.ctime(manifest.created)})",
              f"  model:      {f.config.get('name')}   weights sha256 {f.weights_hash[:16]}",
              f"  backend:    {f.backend}  options {f.options}",
-             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in
-                                           ("vision_tower", "backbone", "adapter", "video_decoder", "vae")),
+             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in manifest.components),
              f"  shape:      {f.shapes.get('build')}",
              f"  device:     {f.device.get('type')} {f.device.get('name')!r} sm={f.device.get('sm')}",
              "  toolchain:  " + ", ".join(f"{k} {v}" for k, v in f.toolchain.items() if v),

@@ -17,12 +17,15 @@ log = logging.getLogger("foresight_engine")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model (a preset with seeded random weights, or real weights from local folders)")
-    src.add_argument("--preset", default=None, help="tiny | small (seeded random weights)")
+    src.add_argument("--preset", default=None, help="tiny | small (seeded random weights; -hunyuan15 / -hybrid "
+                                                    "variants: HunyuanVideo-1.5 decoder / DINOv2 hybrid encoder)")
     src.add_argument("--seed-weights", type=int, default=0, help="weight seed for --preset (default 0)")
     src.add_argument("--vlm", type=Path, help="Qwen2.5-VL Hugging Face folder (model, tokenizer, processor)")
-    src.add_argument("--decoder", type=Path, help="diffusers LTX-Video folder (transformer/, vae/, scheduler/)")
+    src.add_argument("--decoder", type=Path, help="diffusers video decoder folder (transformer/, vae/, scheduler/): "
+                                                  "LTX-Video or HunyuanVideo-1.5, told apart by its transformer")
     src.add_argument("--glue", type=Path, help="safetensors file with the query tokens and the adapter")
-    src.add_argument("--lora", type=Path, help="optional LoRA of the LTX transformer, fused at load")
+    src.add_argument("--lora", type=Path, help="optional LoRA of the decoder's transformer, fused at load")
+    src.add_argument("--spatial", type=Path, help="DINOv2 folder: the hybrid encoder (a glue file made with it)")
 
 
 def _add_predict_parser(sub) -> None:
@@ -88,8 +91,8 @@ def _load_engine(args):
     if any(real):
         if not all(real):
             raise ForesightError("real weights need all of --vlm, --decoder and --glue")
-        return Engine.from_pretrained(args.vlm, args.decoder, args.glue, lora=args.lora, device=args.device,
-                                      progress=True)
+        return Engine.from_pretrained(args.vlm, args.decoder, args.glue, lora=args.lora, spatial=args.spatial,
+                                      device=args.device, progress=True)
     return Engine.from_preset(args.preset or "tiny", seed=args.seed_weights, device=args.device, progress=True)
 
 

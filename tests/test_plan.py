@@ -23,7 +23,7 @@ def h100_fp8():
 
 def ltx_forward_flops_by_hand(tokens: int, text_tokens: int) -> float:
     """Matmul FLOPs of one LTX-Video transformer forward (2 per multiply-add), from the config alone."""
-    tr = preset("full").transformer
+    tr = preset("full").decoder.transformer
     d, c = tr.inner_dim, tr.caption_channels
     per_layer = (
         2 * tokens * d * 3 * d  # self-attention q, k, v projections
@@ -68,3 +68,42 @@ def test_a100_has_no_fp8_and_says_so():
 def test_plan_rejects_frames_the_vae_cannot_make():
     with pytest.raises(ConfigError, match="num_frames=120"):
         plan("full", "h100", "bf16", PlanSettings(num_frames=120))
+
+
+def hunyuan_forward_flops_by_hand(tokens: int, text_tokens: int) -> float:
+    """Matmul FLOPs of one HunyuanVideo-1.5 forward: per dual-stream block, each stream's q, k, v, output and 4x
+    feed-forward projections (24 D^2 per token) and one joint attention over video + text tokens."""
+    tr = preset("full-hunyuan15").decoder.transformer
+    d, n = tr.inner_dim, tokens + text_tokens
+    per_layer = 2 * 12 * n * d * d + 2 * 2 * n * n * d
+    return tr.num_layers * per_layer
+
+
+def test_hunyuan_step_flops_match_a_hand_count():
+    """The plan counts the family's own `denoise` stage (what builders export): one full-size HunyuanVideo-1.5 step
+    at 480x848, 121 frames."""
+    from foresight_engine.bench.plan import count_stage, meta_components
+    from foresight_engine.models.export_spec import BuildShape
+    config = preset("full-hunyuan15")
+    settings = PlanSettings.for_config(config)
+    assert (settings.height, settings.width, settings.num_frames, settings.steps) == (480, 848, 121, 8)
+    shape = BuildShape(settings.height, settings.width, settings.num_frames)
+    per_step = count_stage(config, meta_components(config), "denoise", shape).flops
+    tokens = ((121 - 1) // 4 + 1) * (480 // 16) * (848 // 16)  # 31 x 30 x 53 = 49290
+    by_hand = hunyuan_forward_flops_by_hand(tokens, config.adapter.num_tokens)
+    assert 1.3e15 < by_hand < 1.4e15  # ~1.35 PFLOP per step, ~80% of it in attention
+    assert abs(per_step - by_hand) / by_hand < 0.05
+
+
+def test_hybrid_plan_counts_dinov2_beside_the_prefill():
+    from foresight_engine.bench.plan import count_stage, meta_components
+    from foresight_engine.models.export_spec import BuildShape
+    full = preset("full-hybrid")
+    dinov2 = count_stage(full, meta_components(full), "spatial", BuildShape.for_config(full))
+    assert 0.15e12 < dinov2.flops < 0.17e12  # ViT-L/14 on 257 tokens: ~2 x 304M x 257 + attention
+    p = plan("tiny-hybrid", "h100", "bf16")
+    assert [s.name for s in p.stages][:3] == ["vision", "spatial", "prefill"]
+    ms = {s.name: s.projected_s for s in p.stages}
+    # one GPU: DINOv2 and the prefill are both compute work, so its time adds to the front (no free overlap)
+    front = ms["vision"] + ms["spatial"] + ms["prefill"]
+    assert p.projected_step_s == pytest.approx(front + max(ms["text"], ms["adapter"] + ms["denoise"] + ms["vae"]))

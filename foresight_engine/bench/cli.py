@@ -56,25 +56,26 @@ def add_plan_parser(sub) -> None:
     p = sub.add_parser("plan", help="roofline PROJECTION of one step of a preset on a GPU (no weights needed)",
                        description="FLOPs and bytes per stage counted on the meta device, projected onto a GPU's "
                                    "datasheet peaks. A projection (a lower bound), not a measurement.")
-    p.add_argument("--preset", default="full")
+    p.add_argument("--preset", default="full", help="full | full-hunyuan15 | full-hybrid (any preset)")
     p.add_argument("--gpu", required=True, choices=sorted(GPUS))
     p.add_argument("--precision", default="bf16", choices=["fp8", "fp16", "bf16"])
-    p.add_argument("--frames", type=int, default=d.num_frames)
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (default: the distilled 8)")
-    p.add_argument("--new-tokens", type=int, default=d.new_tokens)
+    p.add_argument("--frames", type=int, help="default: the preset's")
+    p.add_argument("--height", type=int, help="default: the preset's")
+    p.add_argument("--width", type=int, help="default: the preset's")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's, the distilled 8)")
+    p.add_argument("--new-tokens", type=int, help="default: the preset's")
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="text tokens besides the image's")
-    p.add_argument("--guidance", type=float, default=d.guidance_scale, help=">1 doubles the denoising batch")
+    p.add_argument("--guidance", type=float, help=">1 doubles the denoising batch (default: the preset's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_plan)
 
 
 def _plan(args) -> int:
+    from ..config import preset
     from .plan import PlanSettings, format_plan, plan
-    settings = PlanSettings(height=args.height, width=args.width, num_frames=args.frames, steps=args.steps,
-                            new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
-                            guidance_scale=args.guidance)
+    settings = PlanSettings.for_config(preset(args.preset), height=args.height, width=args.width,
+                                       num_frames=args.frames, steps=args.steps, new_tokens=args.new_tokens,
+                                       prompt_tokens=args.prompt_tokens, guidance_scale=args.guidance)
     result = plan(args.preset, args.gpu, args.precision, settings)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0

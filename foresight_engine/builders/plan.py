@@ -47,7 +47,7 @@ class BuildPlan:
         if cache_hit is not None:
             lines.append(f"  cache: {'HIT (nothing to build)' if cache_hit else 'miss (will build)'}")
         lines.append(f"  shape: {self.shape.to_dict()}")
-        for component in COMPONENTS:
+        for component in (c for c in COMPONENTS if c in self.memory_bytes):  # the model's own components
             lines.append(f"  {component:14s} {self.policy.of(component).value:5s} "
                          f"~{self.memory_bytes.get(component, 0) / 1e6:8.1f} MB")
             for stage in self.stages.values():

@@ -1,6 +1,7 @@
 """Export specs: for each stage, its tensor-only wrapper, input/output names, dynamic axes, sample inputs for a
 shape and a min/opt/max shape profile (what TensorRT's optimization profiles and the ONNX export consume).
-`export_specs(config)` is also the one vocabulary of stage names (`STAGES`).
+`export_specs(config)` is also the one vocabulary of stage names (`STAGES`); the video stages (`denoise`,
+`vae_decode`) come from the config's decoder family (`families.py`), `spatial` only with the hybrid encoder on.
 
 Model code only: no onnx, tensorrt or builders imports here.
 """
@@ -15,12 +16,13 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .families import family
 from .kv_cache import default_length
-from .stages import AdapterStage, DecodeStage, DenoiseStage, PrefillStage, VAEDecodeStage, VisionStage
+from .stages import AdapterStage, DecodeStage, PrefillStage, SpatialStage, VAEDecodeStage, VisionStage
 from .video_geometry import VideoGeometry
 
 Shape = tuple[int, ...]
-STAGES = ("vision", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
+STAGES = ("vision", "spatial", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,34 @@ def _image_patches(config: ModelConfig) -> int:
     return side * v.spatial_merge_size
 
 
-def _vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+def vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+    """The `vae_decode` stage wrapper of any family (refused for a VAE whose decode draws noise)."""
     if model.vae.timestep_conditioned:
         raise ConfigError("the VAE decode stage is built for VAEs without timestep conditioning (its decode draws "
                           "noise); this VAE has timestep_conditioning=True: build with --stages excluding vae_decode")
     return VAEDecodeStage(model.vae, config.generation.decode_timestep)
 
 
+def fixed_profile(sampler: Callable[[BuildShape, torch.Generator], tuple[torch.Tensor, ...]],
+                  names: tuple[str, ...]) -> Callable[[BuildShape], dict[str, tuple[Shape, Shape, Shape]]]:
+    """The profile of a fixed-shape stage: min = opt = max = its sample inputs' shapes."""
+    def profiler(s):
+        shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
+        return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
+    return profiler
+
+
+def vae_decode_spec(config: ModelConfig) -> ExportSpec:
+    """`vae_decode`: latents [1, C, f, h, w] -> video, for every family's VAE component."""
+    def vae_inputs(s, g):
+        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
+    return ExportSpec("vae_decode", "vae", ("latents",), ("video",), {}, lambda m, s: vae_stage(m, config),
+                      vae_inputs, fixed_profile(vae_inputs, ("latents",)))
+
+
 def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
-    """The six stages of the stack, in run order."""
-    v, t, a, tr = config.vision, config.text, config.adapter, config.transformer
+    """Every stage of the stack, in run order (`STAGES`)."""
+    v, t, a = config.vision, config.text, config.adapter
     patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
     side = _image_patches(config)
     per_image = side * side  # patches per image
@@ -134,27 +154,17 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
         return (torch.randint(0, t.vocab_size, (1, 1), generator=g), torch.tensor([n]),
                 torch.randn(cache, generator=g), torch.randn(cache, generator=g), torch.tensor(n))
 
-    def denoise_inputs(s, g):
-        geometry = s.geometry(config)
-        grid = geometry.grid
-        b, n = s.batch, grid.num_tokens
-        timestep = torch.full((b, n), 500.0)
-        timestep[:, : geometry.pinned] = 0.0  # the conditioned first frame
-        return (torch.randn(b, n, grid.token_channels, generator=g),
-                torch.randn(b, a.num_tokens, tr.caption_channels, generator=g),
-                torch.ones(b, a.num_tokens, dtype=torch.long), timestep)
+    hybrid = config.spatial_encoder
+    adapter_names = ("world_latent",) + (("spatial_features",) if hybrid else ())
 
-    def vae_inputs(s, g):
-        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
+    def adapter_inputs(s, g):
+        world = (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),)
+        return world + ((torch.randn(1, hybrid.num_patches, hybrid.hidden_size, generator=g),) if hybrid else ())
 
-    def fixed(sampler, names):
-        def profiler(s):
-            shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
-            return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
-        return profiler
+    def spatial_inputs(s, g):
+        return (torch.randn(1, 3, hybrid.crop_size, hybrid.crop_size, generator=g),)
 
     decode_names = ("token_ids", "position", "keys", "values", "slot")
-    denoise_names = ("latents", "conditioning", "conditioning_mask", "timestep")
     specs = [
         ExportSpec("vision", "vision_tower", ("pixel_values", "grid_thw"), ("image_embeds",),
                    {"pixel_values": {0: "patches"}, "grid_thw": {0: "images"}, "image_embeds": {0: "visual_tokens"}},
@@ -173,19 +183,18 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
                               **{name: (kv(0), kv(0), kv(max_prompt - 1)) for name in ("past_keys", "past_values")}},
                    cache_inputs=("past_keys", "past_values")),
         ExportSpec("decode", "backbone", decode_names, ("logits", "new_keys", "new_values"), {},
-                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed(decode_inputs, decode_names),
+                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed_profile(decode_inputs, decode_names),
                    cache_inputs=("keys", "values")),
-        ExportSpec("adapter", "adapter", ("world_latent",), ("conditioning", "conditioning_mask"), {},
-                   lambda m, s: AdapterStage(m.adapter),
-                   lambda s, g: (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),),
-                   fixed(lambda s, g: (torch.zeros(1, a.num_query_tokens, t.hidden_size),), ("world_latent",))),
-        ExportSpec("denoise", "video_decoder", denoise_names, ("velocity",), {},
-                   lambda m, s: DenoiseStage(m.video_decoder, s.geometry(config)), denoise_inputs,
-                   fixed(denoise_inputs, denoise_names)),
-        ExportSpec("vae_decode", "vae", ("latents",), ("video",), {},
-                   lambda m, s: _vae_stage(m, config), vae_inputs, fixed(vae_inputs, ("latents",))),
+        ExportSpec("adapter", "adapter", adapter_names, ("conditioning", "conditioning_mask"), {},
+                   lambda m, s: AdapterStage(m.adapter), adapter_inputs,
+                   fixed_profile(adapter_inputs, adapter_names)),
+        *family(config).export_specs(config),
     ]
+    if hybrid:
+        specs.insert(1, ExportSpec("spatial", "spatial_encoder", ("pixel_values",), ("spatial_features",), {},
+                                   lambda m, s: SpatialStage(m.spatial_encoder), spatial_inputs,
+                                   fixed_profile(spatial_inputs, ("pixel_values",))))
     return {spec.name: spec for spec in specs}
 
 
-__all__ = ["BuildShape", "ExportSpec", "STAGES", "export_specs"]
+__all__ = ["BuildShape", "ExportSpec", "STAGES", "export_specs", "fixed_profile", "vae_decode_spec", "vae_stage"]

@@ -42,7 +42,7 @@ class DenoisePlan:
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [B, S, D]
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block K, V [B, H, L, d]
     cross_bias: torch.Tensor  # [B, 1, 1, L] additive mask
-    step_cache: "_FirstBlockCache | None" = None
+    step_cache: "FirstBlockCache | None" = None
     cache_stats: StepCacheStats = field(default_factory=StepCacheStats)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -62,7 +62,8 @@ class StaticVelocity:
         return self.transformer.state_dict(keep_vars=True).items()
 
     def prepare(self, geometry: VideoGeometry, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
-                schedule: Schedule) -> DenoisePlan:
+                schedule: Schedule, image_condition: torch.Tensor | None = None) -> DenoisePlan:
+        # LTX-Video conditions on the image through the pinned first frame: `image_condition` is always None
         tr = self.transformer
         dtype, device = tr.dtype, conditioning.device
         batch, grid = conditioning.shape[0], geometry.grid
@@ -87,7 +88,7 @@ class StaticVelocity:
         plan = DenoisePlan(token_is_pinned=token_is_pinned, block_ada=block_ada, out_ada=out_ada, rope=rope,
                            cross_kv=cross_kv, cross_bias=cross_bias)
         if self.step_cache is not None:
-            plan.step_cache = _FirstBlockCache(self.step_cache, plan.cache_stats)
+            plan.step_cache = FirstBlockCache(self.step_cache, plan.cache_stats)
         return plan
 
     def velocity(self, plan: DenoisePlan, latents: torch.Tensor, i: int) -> torch.Tensor:
@@ -130,7 +131,7 @@ class StaticVelocity:
         return h + blk.ff(blk.norm2(h) * (1 + scale_mlp) + shift_mlp) * gate_mlp
 
 
-class _FirstBlockCache:
+class FirstBlockCache:
     """First-block cache state of one request's loop."""
 
     def __init__(self, threshold: float, stats: StepCacheStats):
@@ -157,4 +158,4 @@ class _FirstBlockCache:
         self.stats.computed += 1
 
 
-__all__ = ["DenoisePlan", "StaticVelocity", "StepCacheStats"]
+__all__ = ["DenoisePlan", "FirstBlockCache", "StaticVelocity", "StepCacheStats"]

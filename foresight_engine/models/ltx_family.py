@@ -1,0 +1,130 @@
+"""The LTX-Video decoder family's registry entry (`families.py`): `video_decoder.py`, `vae.py` and
+`static_velocity.py` are its components; this file builds, loads and saves them, gives a request's geometry, its
+two video stages and diffusers' `LTXImageToVideoPipeline` as the reference."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline
+from diffusers import LTXVideoTransformer3DModel
+from PIL import Image
+
+from ..config import LTXDecoderConfig, ModelConfig, SchedulerConfig, TransformerConfig, VAEConfig
+from .export_spec import BuildShape, ExportSpec, fixed_profile, vae_decode_spec
+from .lora import fuse_lora
+from .stages import DenoiseStage
+from .vae import VideoVAE, vae_kwargs
+from .video_decoder import VideoDecoder, scheduler_kwargs, transformer_kwargs
+from .video_geometry import LatentGrid, VideoGeometry
+from .weights import check_loading_info
+
+log = logging.getLogger(__name__)
+
+
+class LTXFamily:
+    name = "ltx"
+    transformer_class = "LTXVideoTransformer3DModel"
+    full_preset = "full"
+
+    def build(self, config: ModelConfig) -> tuple[VideoDecoder, VideoVAE]:
+        d = config.decoder
+        return (VideoDecoder(LTXVideoTransformer3DModel(**transformer_kwargs(d.transformer)), d.scheduler),
+                VideoVAE(AutoencoderKLLTXVideo(**vae_kwargs(d.vae))))
+
+    def load(self, folder: Path, lora: Path | None, lora_scale: float
+             ) -> tuple[LTXDecoderConfig, VideoDecoder, VideoVAE]:
+        transformer, info = LTXVideoTransformer3DModel.from_pretrained(folder, subfolder="transformer",
+                                                                       torch_dtype=torch.float32,
+                                                                       output_loading_info=True)
+        check_loading_info(info, f"LTX-Video transformer {folder / 'transformer'}")
+        vae, info = AutoencoderKLLTXVideo.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
+                                                          output_loading_info=True)
+        check_loading_info(info, f"LTX-Video VAE {folder / 'vae'}")
+        if lora is not None:
+            log.info("fused LoRA %s into %d modules", lora, len(fuse_lora(transformer, lora, lora_scale)))
+        t, v = transformer.config, vae.config
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        sched = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+        defaults = SchedulerConfig()
+        config = LTXDecoderConfig(
+            transformer=TransformerConfig(in_channels=t.in_channels, num_attention_heads=t.num_attention_heads,
+                                          attention_head_dim=t.attention_head_dim, num_layers=t.num_layers,
+                                          caption_channels=t.caption_channels, patch_size=t.patch_size,
+                                          patch_size_t=t.patch_size_t),
+            vae=VAEConfig(latent_channels=v.latent_channels, block_out_channels=tuple(v.block_out_channels),
+                          layers_per_block=tuple(v.layers_per_block),
+                          spatio_temporal_scaling=tuple(v.spatio_temporal_scaling),
+                          decoder_block_out_channels=tuple(v.decoder_block_out_channels),
+                          decoder_layers_per_block=tuple(v.decoder_layers_per_block),
+                          decoder_spatio_temporal_scaling=tuple(v.decoder_spatio_temporal_scaling),
+                          decoder_inject_noise=tuple(v.decoder_inject_noise), patch_size=v.patch_size,
+                          patch_size_t=v.patch_size_t),
+            scheduler=SchedulerConfig(**{k: sched.get(k, getattr(defaults, k)) for k in asdict(defaults)}))
+        return config, VideoDecoder(transformer, config.scheduler), VideoVAE(vae)
+
+    def save(self, video_decoder: VideoDecoder, vae: VideoVAE, config: ModelConfig, folder: Path) -> None:
+        video_decoder.transformer.save_pretrained(folder / "transformer")
+        vae.vae.save_pretrained(folder / "vae")
+        FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(config.decoder.scheduler)).save_pretrained(
+            folder / "scheduler")
+
+    def geometry(self, config: ModelConfig, height: int, width: int, num_frames: int,
+                 frame_rate: int) -> VideoGeometry:
+        vae, tr = config.decoder.vae, config.decoder.transformer
+        grid = LatentGrid(frames=(num_frames - 1) // vae.temporal_compression + 1,
+                          height=height // vae.spatial_compression, width=width // vae.spatial_compression,
+                          channels=vae.latent_channels, patch=tr.patch_size, patch_t=tr.patch_size_t)
+        rope_scale = (vae.temporal_compression / frame_rate, float(vae.spatial_compression),
+                      float(vae.spatial_compression))
+        return VideoGeometry(height, width, num_frames, frame_rate, grid, rope_scale,
+                             pinned=grid.tokens_per_frame)  # the conditioned first frame
+
+    def export_specs(self, config: ModelConfig) -> list[ExportSpec]:
+        tokens, channels = config.adapter.num_tokens, config.decoder.conditioning_channels
+        names = ("latents", "conditioning", "conditioning_mask", "timestep")
+
+        def denoise_inputs(s: BuildShape, g: torch.Generator):
+            geometry = s.geometry(config)
+            grid = geometry.grid
+            b, n = s.batch, grid.num_tokens
+            timestep = torch.full((b, n), 500.0)
+            timestep[:, : geometry.pinned] = 0.0  # the conditioned first frame
+            return (torch.randn(b, n, grid.token_channels, generator=g),
+                    torch.randn(b, tokens, channels, generator=g), torch.ones(b, tokens, dtype=torch.long), timestep)
+
+        denoise = ExportSpec("denoise", "video_decoder", names, ("velocity",), {},
+                             lambda m, s: DenoiseStage(m.video_decoder, s.geometry(config)), denoise_inputs,
+                             fixed_profile(denoise_inputs, names))
+        return [denoise, vae_decode_spec(config)]
+
+    def reference_pipeline(self, model, transformer: torch.nn.Module | None = None):
+        """diffusers' image-to-video pipeline on the model's own transformer and VAE (no T5: the adapter's output
+        is the prompt embeddings; zero embeddings with the same mask are the negative ones)."""
+        pipe = LTXImageToVideoPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(model.config.decoder.scheduler)),
+            vae=model.vae.vae, text_encoder=None, tokenizer=None,
+            transformer=model.video_decoder.transformer if transformer is None else transformer)
+        pipe.set_progress_bar_config(disable=True)
+
+        def run(image: Image.Image, conditioning: torch.Tensor, conditioning_mask: torch.Tensor, *, height: int,
+                width: int, num_frames: int, num_inference_steps: int, guidance_scale: float, frame_rate: int,
+                generator: torch.Generator) -> np.ndarray:
+            negative = {}
+            if guidance_scale > 1:
+                negative = dict(negative_prompt_embeds=torch.zeros_like(conditioning),
+                                negative_prompt_attention_mask=conditioning_mask)
+            return pipe(image=image, prompt_embeds=conditioning, prompt_attention_mask=conditioning_mask,
+                        generator=generator, output_type="np", frame_rate=frame_rate, height=height, width=width,
+                        num_frames=num_frames, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, **negative).frames[0]
+        return run
+
+
+FAMILY = LTXFamily()
+
+__all__ = ["FAMILY", "LTXFamily"]
