@@ -5,10 +5,13 @@ Rounds are the CLI's `--quick` ones unless FORESIGHT_BENCH_FULL=1. Targets are r
 import os
 
 import pytest
+import torch
 
 from foresight_engine.bench.contenders import BenchContext
-from foresight_engine.bench.machine import machine_info, peaks
+from foresight_engine.bench.kernel_bench import RESULTS as KERNEL_RESULTS, kernel_table
+from foresight_engine.bench.machine import cpu_model, machine_info, peaks
 from foresight_engine.bench.runner import SuiteOptions, format_table, summarize
+from foresight_engine.kernels import native_status
 
 
 def pytest_configure(config):
@@ -61,6 +64,11 @@ def record():
 
 
 def pytest_terminal_summary(terminalreporter):
+    if KERNEL_RESULTS:
+        status = native_status()
+        terminalreporter.write_sep("-", f"kernels (bench/test_kernels.py): medians of round-robin rounds, "
+                                        f"{torch.get_num_threads()} threads, CPU path {status.isa}, {cpu_model()}")
+        terminalreporter.write_line(kernel_table(KERNEL_RESULTS))
     for preset, results in _results.items():
         terminalreporter.write_sep("-", f"ratios, preset {preset} (targets reported, not asserted)")
         terminalreporter.write_line(format_table(summarize(preset, results, {}, 0.0)))

@@ -77,3 +77,7 @@ class AccuracyGateError(ForesightError):
 
 class EngineBuildError(ForesightError):
     """An accelerator engine could not be built (ONNX parser or TensorRT builder failure); the message says why."""
+
+
+class KernelError(ForesightError, ValueError):
+    """A custom kernel (`foresight_engine.kernels`) got inputs it does not take, or its native library failed."""

@@ -35,13 +35,15 @@ def test_unknown_configuration_is_named(capsys):
 @pytest.mark.parametrize("preset", ["tiny", "tiny-hunyuan15", "tiny-hybrid"])
 def test_contenders_compute_what_the_reference_computes(engine_of, preset):
     """naive (the libraries: each decoder family's own diffusers pipeline, DINOv2 fused for the hybrid encoder)
-    equals the engine; eager-bf16 stays within bf16 tolerance of it."""
+    equals the engine up to rounding (the engine's vision tower runs the custom varlen_attention kernel, equal to
+    transformers' SDPA to ~1e-7; the peer runs without custom ops); eager-bf16 stays within bf16 tolerance of it."""
     engine = engine_of(preset)
     ctx = BenchContext(preset, base=engine)
     naive = next(p for p in PEERS if p.name == "naive").step_fn(ctx)()
     fp32 = next(c for c in ENGINE_CONFIGS if c.name == "eager-fp32").step_fn(ctx)()
     assert naive.token_ids == fp32.token_ids
-    assert np.array_equal(naive.frames, fp32.frames)
+    diff = np.abs(naive.frames.astype(np.int16) - fp32.frames)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # one uint8 level, on a few pixels at most
     if preset != "tiny":
         return  # the bf16 cast below is the same code for every preset
     bf16 = next(c for c in ENGINE_CONFIGS if c.name == "eager-bf16").step_fn(ctx)()

@@ -70,3 +70,20 @@ def test_timeline_uses_spans_when_present_else_lays_stages_out_in_order():
     assert [(s.lane, s.start, s.end) for s in overlapped] == [("text", 0.0, 2.0), ("denoise", 0.0, 3.0)]
     threaded = spans_of(SimpleNamespace(spans=[SimpleNamespace(stage="vae", start=5.0, end=6.0, thread="video")]))
     assert threaded[0].lane == "video: vae"
+
+
+def test_family_split_of_an_ltx_block_adds_up_and_finds_norms_and_rope():
+    """`plan --by-family` counts: every FLOP lands in a family, the block's norms and RoPE are found by context."""
+    from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
+    block = LTXVideoTransformerBlock(dim=64, num_attention_heads=2, attention_head_dim=32, cross_attention_dim=64)
+    h, text, temb = torch.randn(1, 24, 64), torch.randn(1, 5, 64), torch.randn(1, 1, 6 * 64)
+    rope = (torch.randn(1, 24, 64), torch.randn(1, 24, 64))
+    with torch.no_grad():
+        counted, _ = count(block, h, text, temb, rope)
+    families = counted.by_family
+    assert sum(c.flops for c in families.values()) == counted.flops
+    assert families["GEMMs"].flops > 0 and families["attention"].flops > 0
+    assert families["norms/modulation"].activation_elements > 0  # inside the RMSNorm modules
+    assert families["RoPE"].activation_elements > 0  # inside apply_rotary_emb
+    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    assert families["GEMMs"].weight_elements == sum(p.numel() for m in linears for p in m.parameters())

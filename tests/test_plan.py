@@ -107,3 +107,13 @@ def test_hybrid_plan_counts_dinov2_beside_the_prefill():
     # one GPU: DINOv2 and the prefill are both compute work, so its time adds to the front (no free overlap)
     front = ms["vision"] + ms["spatial"] + ms["prefill"]
     assert p.projected_step_s == pytest.approx(front + max(ms["text"], ms["adapter"] + ms["denoise"] + ms["vae"]))
+
+
+def test_plan_splits_each_stage_by_operator_family(h100_fp8):
+    """`plan --by-family`: the denoiser's matmuls and attention are compute, its norms/RoPE/elementwise memory."""
+    from foresight_engine.bench.op_families import FAMILIES
+    families = h100_fp8["families"]
+    assert set(families) <= set(FAMILIES)
+    denoise = {f: stages.get("denoise", 0.0) for f, stages in families.items()}
+    assert denoise["GEMMs"] > 0 and denoise["attention"] > 0 and denoise["norms/modulation"] > 0
+    assert denoise["RoPE"] > 0 and families["VAE convolutions"]["vae"] > 0

@@ -67,15 +67,19 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="text tokens besides the image's")
     p.add_argument("--guidance", type=float, help=">1 doubles the denoising batch (default: the preset's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--by-family", action="store_true",
+                   help="also project each operator family (GEMMs, attention, norms, RoPE, ...) op by op")
     p.set_defaults(func=_plan)
 
 
 def _plan(args) -> int:
     from ..config import preset
-    from .plan import PlanSettings, format_plan, plan
+    from .plan import PlanSettings, format_families, format_plan, plan
     settings = PlanSettings.for_config(preset(args.preset), height=args.height, width=args.width,
                                        num_frames=args.frames, steps=args.steps, new_tokens=args.new_tokens,
                                        prompt_tokens=args.prompt_tokens, guidance_scale=args.guidance)
     result = plan(args.preset, args.gpu, args.precision, settings)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    if args.by_family and not args.json:
+        print(format_families(result))
     return 0

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import kernels
 from ..engine import Engine
 from ..engine.prediction import Timings
 from ..models.families import ReferencePipeline, family
@@ -131,10 +132,12 @@ class Peer:
 def library_step(engine: Engine, pipe: ReferencePipeline, inputs: BenchInputs) -> StepFn:
     """transformers `generate()` for the text, then the world latent (vision + prefill with the query tokens +
     adapter, + DINOv2 with the hybrid encoder) and the decoder family's diffusers image-to-video pipeline
-    (`families.py`) for the video: the libraries glued together, one after the other."""
+    (`families.py`) for the video: the libraries glued together, one after the other; plain library code, so
+    without the engine's custom ops (`kernels.set_wiring("off")`)."""
     s = inputs.settings
 
     @torch.inference_mode()
+    @kernels.set_wiring("off")
     def step() -> StepResult:
         timings, t0 = Timings(), time.perf_counter()
         request = engine.prepare(inputs.images, inputs.prompt, **s)

@@ -17,6 +17,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torch.utils._pytree import tree_leaves
 
+from .op_families import FamilyCount, FamilyCounter
+
 # FlopCounterMode counts CUDA/meta attention kernels but not the fused CPU one, which would read as 0 FLOPs.
 _CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -70,20 +72,22 @@ class OpCount:
     activation_elements: int = 0
     largest_op_elements: int = 0
     by_op: dict[str, int] = field(default_factory=dict)
+    by_family: dict[str, FamilyCount] = field(default_factory=dict)  # op by op (op_families.py)
 
     def bytes(self, weight_bytes: float, activation_bytes: float) -> float:
         return self.weight_elements * weight_bytes + self.activation_elements * activation_bytes
 
 
 def count(fn: Callable[..., Any], *args, **kwargs) -> tuple[OpCount, Any]:
-    """Run `fn(*args, **kwargs)` once under both counters; returns (count, fn's result)."""
-    flops, traffic = flop_counter(), TrafficCounter()
-    with flops, traffic:
+    """Run `fn(*args, **kwargs)` once under the counters; returns (count, fn's result)."""
+    flops, traffic, families = flop_counter(), TrafficCounter(), FamilyCounter()
+    with flops, traffic, families:
         result = fn(*args, **kwargs)
     by_op = {str(k): int(v) for k, v in flops.get_flop_counts().get("Global", {}).items()}
     return OpCount(flops=int(flops.get_total_flops()), weight_elements=traffic.weight_elements,
                    activation_elements=traffic.activation_elements,
-                   largest_op_elements=traffic.largest_op_elements, by_op=by_op), result
+                   largest_op_elements=traffic.largest_op_elements, by_op=by_op,
+                   by_family=families.families), result
 
 
 def count_flops(fn: Callable[..., Any], *args, **kwargs) -> int:

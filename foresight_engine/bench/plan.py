@@ -24,6 +24,7 @@ from ..models.qwen_vl import SpecialTokenIds, build_qwen_vl
 from ..models.spatial_encoder import SpatialEncoder
 from .flops import OpCount, count
 from .gpus import GPUSpec, gpu as gpu_spec
+from .op_families import FAMILIES
 
 # Qwen2.5-VL's special token ids (the count does not depend on them, the model config needs them).
 _TOKEN_IDS = SpecialTokenIds(image=151655, video=151656, vision_start=151652, vision_end=151653, eos=151645,
@@ -104,6 +105,8 @@ class Plan:
     note: str = ("PROJECTION (roofline lower bound from datasheet peaks, counted on the meta device), "
                  "not a measurement")
     extra: dict = field(default_factory=dict)
+    # {family: {stage: projected seconds of all calls}}: op by op, nothing fused (op_families.FamilyCounter)
+    families: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,7 +203,7 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
     if precision not in WEIGHT_BYTES:
         raise ConfigError(f"plan: precision={precision!r} is not one of {sorted(WEIGHT_BYTES)}")
     spec.peak_flops(precision)  # raises when the GPU lacks it (A100 and FP8)
-    plans = []
+    plans, families = [], {}
     for s in stages:
         component = STAGE_COMPONENT[s.name]
         p = stage_precision(component, precision)
@@ -210,6 +213,12 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
         plans.append(StagePlan(s.name, s.calls, flops * s.calls, nbytes * s.calls,
                                max(compute_s, memory_s) * s.calls, "compute" if compute_s >= memory_s else "memory",
                                p))
+        for family, c in s.per_call.by_family.items():
+            # GEMMs and convolutions run at the stage's precision, attention and the rest in 16 bits
+            peak = spec.peak_flops(p if family in ("GEMMs", "VAE convolutions") else
+                                   ("fp16" if p == "fp16" else "bf16"))
+            seconds = max(c.flops / peak, c.bytes(WEIGHT_BYTES[p], ACTIVATION_BYTES) / spec.bandwidth) * s.calls
+            families.setdefault(family, {})[s.name] = seconds
     t = {s.name: s.projected_s for s in plans}
     sequential = sum(t.values())
     # overlap: the world latent exists after the prefill; text decode (memory-bound) runs beside adapter -> denoise
@@ -227,7 +236,8 @@ def project(stages: list[StageCount], params: dict[str, int], spec: GPUSpec, pre
                 fits_in_memory=weights + activations < spec.memory_gb * 1e9,
                 extra={"peak_tflops": spec.peak_tflops, "bandwidth_tb_s": spec.bandwidth_tb_s,
                        "weight_memory_bytes_by_precision": {q: weight_memory(params, q) for q in WEIGHT_BYTES},
-                       "parameters": {k: v for k, v in params.items() if k != "kv_cache_elements"}})
+                       "parameters": {k: v for k, v in params.items() if k != "kv_cache_elements"}},
+                families=families)
 
 
 def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
@@ -238,6 +248,21 @@ def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
     settings = settings or PlanSettings.for_config(config)
     stages, params = count_stages(config, settings)
     return project(stages, params, spec, precision, preset_name, settings)
+
+
+def format_families(p: Plan) -> str:
+    """Projected ms per operator family and stage, op by op (no fusion), and each family's share of the step."""
+    stages = [st.name for st in p.stages]
+    total = sum(sum(v.values()) for v in p.families.values()) or 1.0
+    lines = [f"by operator family, op by op (nothing fused): projected ms on {p.gpu_label} at {p.precision}",
+             f"{'family':<18}" + "".join(f"{s:>9}" for s in stages) + f"{'step ms':>10}{'share':>8}"]
+    for family in FAMILIES:
+        row = p.families.get(family, {})
+        if not row:
+            continue
+        lines.append(f"{family:<18}" + "".join(f"{row.get(s, 0.0) * 1e3:>9.1f}" for s in stages)
+                     + f"{sum(row.values()) * 1e3:>10.1f}{sum(row.values()) / total * 100:>7.1f}%")
+    return "\n".join(lines)
 
 
 def format_plan(p: Plan) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch.export import Dim
 
+from .. import kernels
 from ..artifact import PROCESSOR_DIR, StageEntry, stage_file, weights_file
 from ..backends import Backend
 from ..engine.runners.onnx import OnnxStage
@@ -90,7 +91,8 @@ def export_onnx(job: ExportJob, entry: StageEntry) -> StageEntry:
         torch.onnx.export(module, spec.sample_inputs(shape, cache_dtype=job.cache_dtype), str(path),
                           input_names=list(spec.input_names), output_names=list(spec.output_names), dynamo=True,
                           dynamic_shapes=_dynamic_shapes(spec), opset_version=job.plan.factors.options["opset"],
-                          external_data=False)
+                          external_data=False,
+                          custom_translation_table=kernels.onnx_translations())  # custom ops -> standard ops
     changes: dict[str, Any] = {"file": rel}
     if job.scales is not None:
         fp8.insert_qdq(path, job.scales, out_path=path)

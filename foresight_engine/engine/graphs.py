@@ -42,7 +42,8 @@ class GraphedDenoiser:
     @staticmethod
     def _key(model: VelocityModel, state: VelocityState, loop: DenoiseLoop) -> tuple:
         shapes = tuple((t.shape, t.dtype, t.device) for t in [*state.tensors(), *loop.tensors()])
-        return (id(model), loop.num_steps, loop.batch, loop.pinned, shapes)
+        ops = getattr(state, "ops", frozenset())  # custom ops the velocity calls: a different graph
+        return (id(model), loop.num_steps, loop.batch, loop.pinned, ops, shapes)
 
     def run(self, model: VelocityModel, state: VelocityState, loop: DenoiseLoop,
             exclusive: Callable[[], ContextManager] = nullcontext) -> torch.Tensor:

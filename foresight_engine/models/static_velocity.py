@@ -22,6 +22,7 @@ import torch
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from torch.nn import functional as F
 
+from .. import kernels
 from .denoising import Schedule
 from .video_geometry import VideoGeometry
 
@@ -39,9 +40,10 @@ class DenoisePlan:
     token_is_pinned: torch.Tensor  # [1, S, 1, 1] bool
     block_ada: list[torch.Tensor]  # per block [N + 1, 6, D]; row N is t=0 (the pinned frame)
     out_ada: torch.Tensor  # [N + 1, 2, D]
-    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [B, S, D]
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [B, S, D] (compact [B, S, D/2] with rmsnorm_rope)
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block K, V [B, H, L, d]
     cross_bias: torch.Tensor  # [B, 1, 1, L] additive mask
+    ops: frozenset[str] = frozenset()  # custom ops the blocks call (foresight_engine.kernels, wired on this device)
     step_cache: "FirstBlockCache | None" = None
     cache_stats: StepCacheStats = field(default_factory=StepCacheStats)
 
@@ -76,6 +78,9 @@ class StaticVelocity:
         out_ada = tr.scale_shift_table + embedded.view(-1, 1, d)
         probe = torch.empty((batch, s, 1), dtype=dtype, device=device)  # rope reads batch size and device only
         rope = tr.rope(probe, grid.frames, grid.height, grid.width, geometry.rope_scale)
+        ops = kernels.wired_ops(device)
+        if "rmsnorm_rope" in ops:
+            rope = kernels.compact_rope(*rope)  # what the fused op reads: one angle per pair
         caption = tr.caption_projection(conditioning.to(dtype))  # [B, L, D]
         cross_kv = []
         for blk in tr.transformer_blocks:
@@ -86,7 +91,7 @@ class StaticVelocity:
         cross_bias = ((1 - conditioning_mask.to(dtype)) * -10000.0)[:, None, None, :]  # [B, 1, 1, L]
         token_is_pinned = (torch.arange(s, device=device) < geometry.pinned).view(1, s, 1, 1)
         plan = DenoisePlan(token_is_pinned=token_is_pinned, block_ada=block_ada, out_ada=out_ada, rope=rope,
-                           cross_kv=cross_kv, cross_bias=cross_bias)
+                           cross_kv=cross_kv, cross_bias=cross_bias, ops=ops)
         if self.step_cache is not None:
             plan.step_cache = FirstBlockCache(self.step_cache, plan.cache_stats)
         return plan
@@ -96,12 +101,12 @@ class StaticVelocity:
         h_in = tr.proj_in(latents.to(tr.dtype))  # [B, S, D]
         blocks = tr.transformer_blocks
         ada = [self._ada(plan, table, i) for table in plan.block_ada]
-        h = self._block(blocks[0], h_in, ada[0], plan.rope, plan.cross_kv[0], plan.cross_bias)
+        h = self._block(blocks[0], h_in, ada[0], plan.rope, plan.cross_kv[0], plan.cross_bias, plan.ops)
         cache = plan.step_cache
         if cache is None or not cache.try_reuse(h_in, h):
             first = h
             for j in range(1, len(blocks)):
-                h = self._block(blocks[j], h, ada[j], plan.rope, plan.cross_kv[j], plan.cross_bias)
+                h = self._block(blocks[j], h, ada[j], plan.rope, plan.cross_kv[j], plan.cross_bias, plan.ops)
             if cache is not None:
                 cache.store(h_in, first, h)
         shift, scale = self._ada(plan, plan.out_ada, i).unbind(2)
@@ -113,22 +118,39 @@ class StaticVelocity:
         return torch.where(plan.token_is_pinned, table[-1], table[i])
 
     @staticmethod
-    def _block(blk, h: torch.Tensor, ada: torch.Tensor, rope, cross_kv, cross_bias) -> torch.Tensor:
-        """One LTX block with precomputed modulation, RoPE and cross-attention keys/values. h: [B, S, D]"""
+    def _block(blk, h: torch.Tensor, ada: torch.Tensor, rope, cross_kv, cross_bias,
+               ops: frozenset[str] = frozenset()) -> torch.Tensor:
+        """One LTX block with precomputed modulation, RoPE and cross-attention keys/values. h: [B, S, D].
+        `ops`: the custom ops to call instead of the equivalent eager code (same math, fewer passes)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada.unbind(2)
         a = blk.attn1
-        x = blk.norm1(h) * (1 + scale_msa) + shift_msa
-        q = apply_rotary_emb(a.norm_q(a.to_q(x)), rope)
-        k = apply_rotary_emb(a.norm_k(a.to_k(x)), rope)
+        x = StaticVelocity._modulate(blk.norm1, h, scale_msa, shift_msa, ops)
+        if "rmsnorm_rope" in ops:
+            q, k = kernels.rmsnorm_rope(a.to_q(x), a.to_k(x), a.norm_q.weight, a.norm_k.weight, *rope, a.norm_q.eps)
+        else:
+            q = apply_rotary_emb(a.norm_q(a.to_q(x)), rope)
+            k = apply_rotary_emb(a.norm_k(a.to_k(x)), rope)
         v = a.to_v(x)
-        heads = lambda t: t.unflatten(2, (a.heads, -1)).transpose(1, 2)  # [B, H, S, d]
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).flatten(2)
+        if "varlen_attention" in ops:  # one sequence per batch element
+            b, s, d = q.shape
+            cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
+            per_token = lambda t: t.reshape(b * s, a.heads, -1)  # [B * S, H, d]
+            out = kernels.varlen_attention(per_token(q), per_token(k), per_token(v), cu, s).view(b, s, d)
+        else:
+            heads = lambda t: t.unflatten(2, (a.heads, -1)).transpose(1, 2)  # [B, H, S, d]
+            out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).flatten(2)
         h = h + a.to_out[0](out) * gate_msa
         c = blk.attn2
         q = c.norm_q(c.to_q(h)).unflatten(2, (c.heads, -1)).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, *cross_kv, attn_mask=cross_bias).transpose(1, 2).flatten(2)
         h = h + c.to_out[0](out)
-        return h + blk.ff(blk.norm2(h) * (1 + scale_mlp) + shift_mlp) * gate_mlp
+        return h + blk.ff(StaticVelocity._modulate(blk.norm2, h, scale_mlp, shift_mlp, ops)) * gate_mlp
+
+    @staticmethod
+    def _modulate(norm, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ops: frozenset[str]):
+        if "rmsnorm_modulate" in ops and not torch.compiler.is_compiling():  # inductor fuses it as well
+            return kernels.rmsnorm_modulate(h, scale, shift, norm.eps)
+        return norm(h) * (1 + scale) + shift
 
 
 class FirstBlockCache:

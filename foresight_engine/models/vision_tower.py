@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
+
 
 class VisionTower(nn.Module):
     """Wraps `Qwen2_5_VLModel.visual`.
@@ -15,6 +17,8 @@ class VisionTower(nn.Module):
     def __init__(self, visual: nn.Module):
         super().__init__()
         self.visual = visual
+        # window attention through foresight::varlen_attention (the reference where the op is not wired)
+        kernels.use_in_vision_tower(visual)
 
     @property
     def dtype(self) -> torch.dtype:
