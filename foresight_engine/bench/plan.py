@@ -247,7 +247,16 @@ def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
     config = preset(preset_name)
     settings = settings or PlanSettings.for_config(config)
     stages, params = count_stages(config, settings)
-    return project(stages, params, spec, precision, preset_name, settings)
+    result = project(stages, params, spec, precision, preset_name, settings)
+    figure = family(config).published
+    if figure is not None and family(config).full_preset == preset_name:
+        # the same counts on the GPU and precision the figure was quoted for: how far above the lower bound it is
+        there = project(stages, params, gpu_spec(figure.gpu), figure.precision, preset_name, settings)
+        video = sum(st.projected_s for st in there.stages if st.name in ("adapter", "denoise", "vae"))
+        result.extra["published"] = {**asdict(figure), "projected_video_s": video,
+                                     "projected_step_s": there.projected_step_s,
+                                     "fits_in_memory": there.fits_in_memory}
+    return result
 
 
 def format_families(p: Plan) -> str:
@@ -282,4 +291,11 @@ def format_plan(p: Plan) -> str:
               f"{'yes' if p.fits_in_memory else 'no'}",
               "weights by precision: " + ", ".join(
                   f"{q} {b / 1e9:.1f} GB" for q, b in p.extra["weight_memory_bytes_by_precision"].items())]
+    if "published" in p.extra:
+        f = p.extra["published"]
+        lines += [f"published: ~{f['seconds']:g} s per clip on {f['gpu']} at {f['precision']} ({f['source']}); this "
+                  f"plan on {f['gpu']} at {f['precision']}: video (adapter + denoise + VAE) >= "
+                  f"{f['projected_video_s']:.1f} s, whole step >= {f['projected_step_s']:.1f} s, fits in its memory: "
+                  f"{'yes' if f['fits_in_memory'] else 'no'} -> the quote is "
+                  f"{f['seconds'] / f['projected_video_s']:.1f}x the video lower bound"]
     return "\n".join(lines)

@@ -10,7 +10,9 @@ An entry provides:
 - `export_specs(config)`: the `denoise` and `vae_decode` stages (wrappers, inputs, profiles) builders export;
 - `reference_pipeline(model, transformer=None)`: diffusers' own image-to-video pipeline on the model's weights,
   called like `ReferencePipeline` (the reference tests and the bench's peers);
-- `full_preset`: the preset with the published sizes (the default generation settings of loaded weights).
+- `full_preset`: the preset with the published sizes (the default generation settings of loaded weights);
+- `published`: a figure quoted for the original pipeline at that size (`PublishedFigure`), which `plan` puts beside
+  its projection on the same GPU.
 
 The components it builds answer what the engine asks (see `VideoDecoderModule`, `VideoVAEModule`): the schedule,
 where a request's denoising starts, its velocity models (eager reference, static plan, built stage), and the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -79,10 +82,21 @@ class ReferencePipeline(Protocol):
         """diffusers' pipeline fed the adapter's output: frames [F, H, W, 3] float in [0, 1]."""
 
 
+@dataclass(frozen=True)
+class PublishedFigure:
+    """A latency quoted for the family's original pipeline at its full preset's generation settings."""
+
+    gpu: str  # a `bench/gpus.py` name
+    precision: str  # what the original pipeline runs in
+    seconds: float  # per clip, end to end
+    source: str
+
+
 class DecoderFamily(Protocol):
     name: str
     transformer_class: str  # the diffusers class named in a decoder folder's transformer/config.json
     full_preset: str
+    published: PublishedFigure | None
 
     def build(self, config: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]: ...
 
@@ -121,5 +135,5 @@ def family_of_folder(folder: str | Path) -> DecoderFamily:
     return entries[class_name]
 
 
-__all__ = ["DecoderFamily", "FAMILIES", "ReferencePipeline", "VideoDecoderModule", "VideoVAEModule", "family",
+__all__ = ["DecoderFamily", "FAMILIES", "PublishedFigure", "ReferencePipeline", "VideoDecoderModule", "VideoVAEModule", "family",
            "family_of_folder"]

@@ -20,6 +20,7 @@ from ..config import (Hunyuan15DecoderConfig, Hunyuan15SchedulerConfig, Hunyuan1
                       Hunyuan15VAEConfig, ModelConfig)
 from ..errors import ConfigError, WeightsError
 from .export_spec import BuildShape, ExportSpec, fixed_profile, vae_decode_spec
+from .families import PublishedFigure
 from .hunyuan15_decoder import GLYPH_TOKENS, Hunyuan15Decoder, scheduler_kwargs, transformer_kwargs
 from .hunyuan15_vae import Hunyuan15VAE, vae_kwargs
 from .lora import fuse_lora
@@ -47,6 +48,9 @@ class Hunyuan15Family:
     name = "hunyuan15"
     transformer_class = "HunyuanVideo15Transformer3DModel"
     full_preset = "full-hunyuan15"
+    # the step-distilled 480p image-to-video model's end-to-end time, as the Foresight system quotes it
+    published = PublishedFigure("rtx4090", "bf16", 75.0, "Foresight system datasheet: original HunyuanVideo-1.5 "
+                                "480p image-to-video pipeline, step-distilled, 121 frames, one RTX 4090")
 
     def build(self, config: ModelConfig) -> tuple[Hunyuan15Decoder, Hunyuan15VAE]:
         d = config.decoder

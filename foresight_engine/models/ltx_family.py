@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..config import LTXDecoderConfig, ModelConfig, SchedulerConfig, TransformerConfig, VAEConfig
 from .export_spec import BuildShape, ExportSpec, fixed_profile, vae_decode_spec
+from .families import PublishedFigure
 from .lora import fuse_lora
 from .stages import DenoiseStage
 from .vae import VideoVAE, vae_kwargs
@@ -30,6 +31,8 @@ class LTXFamily:
     name = "ltx"
     transformer_class = "LTXVideoTransformer3DModel"
     full_preset = "full"
+    published = PublishedFigure("h100", "bf16", 2.0, "LTX-Video paper (arXiv 2501.00103): 121 frames at 768x512, "
+                                "~2 s end to end on one H100")
 
     def build(self, config: ModelConfig) -> tuple[VideoDecoder, VideoVAE]:
         d = config.decoder
