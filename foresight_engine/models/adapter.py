@@ -72,8 +72,8 @@ class ConditioningAdapter(nn.Module):
         dtype = self.proj_out.weight.dtype
         latent = self.latent_in(world_latent.to(dtype))  # [B, Q, W]
         if (self.spatial_in is None) != (spatial_features is None):
-            raise InvalidInputError("spatial_features are given exactly when the adapter has the hybrid encoder's input "
-                             f"(it has {'none' if self.spatial_in is None else 'one'})")
+            raise InvalidInputError("spatial_features are given exactly when the adapter has the hybrid encoder's "
+                                    f"input (it has {'none' if self.spatial_in is None else 'one'})")
         if self.spatial_in is not None:
             latent = torch.cat([latent, self.spatial_in(spatial_features.to(dtype))], 1)  # [B, Q + P, W]
         x = self.queries.unsqueeze(0).expand(latent.shape[0], -1, -1)  # [B, L, W]

@@ -135,5 +135,5 @@ def family_of_folder(folder: str | Path) -> DecoderFamily:
     return entries[class_name]
 
 
-__all__ = ["DecoderFamily", "FAMILIES", "PublishedFigure", "ReferencePipeline", "VideoDecoderModule", "VideoVAEModule", "family",
-           "family_of_folder"]
+__all__ = ["DecoderFamily", "FAMILIES", "PublishedFigure", "ReferencePipeline", "VideoDecoderModule",
+           "VideoVAEModule", "family", "family_of_folder"]

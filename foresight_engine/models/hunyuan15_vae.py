@@ -24,7 +24,8 @@ def frame_causal_mask(n_frame: int, n_hw: int, dtype: torch.dtype, device: torch
     """[B, S, S] additive mask, S = n_frame * n_hw: token i sees every token of its own and earlier frames."""
     frame = torch.arange(n_frame * n_hw, device=device) // n_hw
     zero = torch.zeros((), dtype=dtype, device=device)
-    mask = torch.where(frame[None, :] <= frame[:, None], zero, torch.full((), float("-inf"), dtype=dtype, device=device))
+    minus_inf = torch.full((), float("-inf"), dtype=dtype, device=device)
+    mask = torch.where(frame[None, :] <= frame[:, None], zero, minus_inf)
     return mask if batch_size is None else mask.unsqueeze(0).expand(batch_size, -1, -1)
 
 
