@@ -5,8 +5,8 @@ Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `bac
 `video_decoder/`, `vae/`, and `spatial_encoder/` with the hybrid encoder) holding `weights.safetensors` and the
 files of its built stages (`<stage>.onnx`, `<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer
 and image processor). The manifest keeps the raw key factors (`KeyFactors`), their hash (`key`), what each
-component was built as (`ComponentEntry`, one `StageEntry` per stage), and the sha256 and size of every file. A cache hit is a key match of a verified artifact,
-never a directory that exists.
+component was built as (`ComponentEntry`, one `StageEntry` per stage), and the sha256 and size of every file. A
+cache hit is a key match of a verified artifact, never a directory that exists.
 
 Writes go to a temporary sibling directory; `manifest.json` is written last and the directory is renamed into
 place under a file lock, so a killed build leaves only a `.NAME.tmp-*` folder without a valid manifest.
