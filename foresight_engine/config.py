@@ -189,8 +189,21 @@ class SchedulerConfig:
     num_train_timesteps: int = 1000
 
 
+class _DecoderSteps:
+    """Frame-size steps of a decoder section (its `vae` and `transformer`): sides are multiples of `spatial_step`
+    (VAE compression x patch), frame counts `temporal_step * k + 1`."""
+
+    @property
+    def spatial_step(self) -> int:
+        return self.vae.spatial_compression * self.transformer.patch_size
+
+    @property
+    def temporal_step(self) -> int:
+        return self.vae.temporal_compression * self.transformer.patch_size_t
+
+
 @dataclass(frozen=True)
-class LTXDecoderConfig:
+class LTXDecoderConfig(_DecoderSteps):
     """LTX-Video: diffusion transformer, causal video VAE and its dynamic-shift flow-matching schedule."""
 
     transformer: TransformerConfig
@@ -208,14 +221,6 @@ class LTXDecoderConfig:
     def conditioning_channels(self) -> int:
         """Width of the conditioning tokens the adapter hands over (T5's in the original model)."""
         return self.transformer.caption_channels
-
-    @property
-    def spatial_step(self) -> int:
-        return self.vae.spatial_compression * self.transformer.patch_size
-
-    @property
-    def temporal_step(self) -> int:
-        return self.vae.temporal_compression * self.transformer.patch_size_t
 
 
 @dataclass(frozen=True)
@@ -292,7 +297,7 @@ class Hunyuan15SchedulerConfig:
 
 
 @dataclass(frozen=True)
-class Hunyuan15DecoderConfig:
+class Hunyuan15DecoderConfig(_DecoderSteps):
     """HunyuanVideo-1.5 image-to-video: transformer, VAE and schedule."""
 
     transformer: Hunyuan15TransformerConfig
@@ -306,14 +311,6 @@ class Hunyuan15DecoderConfig:
     @property
     def conditioning_channels(self) -> int:
         return self.transformer.text_embed_dim
-
-    @property
-    def spatial_step(self) -> int:
-        return self.vae.spatial_compression * self.transformer.patch_size
-
-    @property
-    def temporal_step(self) -> int:
-        return self.vae.temporal_compression * self.transformer.patch_size_t
 
 
 DecoderConfig = LTXDecoderConfig | Hunyuan15DecoderConfig

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +34,8 @@ from PIL import Image
 
 from ..config import ModelConfig
 from ..errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .denoising import Schedule, StepFn, VelocityModel, VideoStart
@@ -114,6 +117,44 @@ class DecoderFamily(Protocol):
     def reference_pipeline(self, model: Any, transformer: torch.nn.Module | None = None) -> ReferencePipeline: ...
 
 
+class TransformerDecoder(torch.nn.Module):
+    """The base of a family's `video_decoder` component: its diffusers transformer and its schedule's config."""
+
+    def __init__(self, transformer: torch.nn.Module, scheduler: Any):
+        super().__init__()
+        self.transformer = transformer
+        self.scheduler_config = scheduler
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+
+def load_folder(folder: Path, transformer_class: type, vae_class: type, what: str, lora: Path | None,
+                lora_scale: float) -> tuple[Any, Any, dict]:
+    """A diffusers decoder folder's transformer (a LoRA fused in) and VAE in fp32, checked whole, and its scheduler's
+    JSON ({} without one). `what` names the family in errors."""
+    from .lora import fuse_lora
+    from .weights import check_loading_info
+    parts = []
+    for sub, label, cls in (("transformer", "transformer", transformer_class), ("vae", "VAE", vae_class)):
+        module, info = cls.from_pretrained(folder, subfolder=sub, torch_dtype=torch.float32, output_loading_info=True)
+        check_loading_info(info, f"{what} {label} {folder / sub}")
+        parts.append(module)
+    if lora is not None:
+        log.info("fused LoRA %s into %d modules", lora, len(fuse_lora(parts[0], lora, lora_scale)))
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    return parts[0], parts[1], json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+
+
+def save_folder(transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any, folder: Path) -> None:
+    """The diffusers folder `load_folder` reads: `transformer/`, `vae/`, `scheduler/` (`scheduler`: a diffusers
+    scheduler object)."""
+    transformer.save_pretrained(folder / "transformer")
+    vae.save_pretrained(folder / "vae")
+    scheduler.save_pretrained(folder / "scheduler")
+
+
 def family(which: str | ModelConfig) -> DecoderFamily:
     """The registry entry of a family name or of a config's decoder."""
     name = which.decoder.family if isinstance(which, ModelConfig) else which
@@ -136,4 +177,4 @@ def family_of_folder(folder: str | Path) -> DecoderFamily:
 
 
 __all__ = ["DecoderFamily", "FAMILIES", "PublishedFigure", "ReferencePipeline", "VideoDecoderModule",
-           "VideoVAEModule", "family", "family_of_folder"]
+           "TransformerDecoder", "VideoVAEModule", "family", "family_of_folder", "load_folder", "save_folder"]

@@ -24,10 +24,10 @@ from functools import partial
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Transformer3DModel
-from torch import nn
 
 from ..config import Hunyuan15SchedulerConfig, Hunyuan15TransformerConfig
 from .denoising import Schedule, StepFn, StepVelocity, VelocityModel, VideoStart
+from .families import TransformerDecoder
 from .hunyuan15_static import Hunyuan15Conditions, Hunyuan15StaticVelocity, velocity
 from .video_geometry import VideoGeometry
 
@@ -49,15 +49,9 @@ def scheduler_kwargs(config: Hunyuan15SchedulerConfig) -> dict:
     return dict(num_train_timesteps=config.num_train_timesteps, shift=config.shift, use_dynamic_shifting=False)
 
 
-class Hunyuan15Decoder(nn.Module):
-    def __init__(self, transformer: HunyuanVideo15Transformer3DModel, scheduler: Hunyuan15SchedulerConfig):
-        super().__init__()
-        self.transformer = transformer
-        self.scheduler_config = scheduler
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+class Hunyuan15Decoder(TransformerDecoder):
+    transformer: HunyuanVideo15Transformer3DModel
+    scheduler_config: Hunyuan15SchedulerConfig
 
     def schedule(self, num_steps: int, num_tokens: int, device: torch.device | str = "cpu") -> Schedule:
         """Sigmas linear in [1, 1/N] through the fixed shift, then 0 (the pipeline's); on `device`."""

@@ -3,8 +3,6 @@
 request's geometry, its two video stages and diffusers' `HunyuanVideo15ImageToVideoPipeline` as the reference."""
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +18,10 @@ from ..config import (Hunyuan15DecoderConfig, Hunyuan15SchedulerConfig, Hunyuan1
                       Hunyuan15VAEConfig, ModelConfig)
 from ..errors import ConfigError, WeightsError
 from .export_spec import BuildShape, ExportSpec, fixed_profile, vae_decode_spec
-from .families import PublishedFigure
+from .families import PublishedFigure, load_folder, save_folder
 from .hunyuan15_decoder import GLYPH_TOKENS, Hunyuan15Decoder, scheduler_kwargs, transformer_kwargs
 from .hunyuan15_vae import Hunyuan15VAE, vae_kwargs
-from .lora import fuse_lora
 from .video_geometry import LatentGrid, VideoGeometry
-from .weights import check_loading_info
-
-log = logging.getLogger(__name__)
 
 
 class Hunyuan15DenoiseStage(nn.Module):
@@ -60,24 +54,17 @@ class Hunyuan15Family:
 
     def load(self, folder: Path, lora: Path | None, lora_scale: float
              ) -> tuple[Hunyuan15DecoderConfig, Hunyuan15Decoder, Hunyuan15VAE]:
-        transformer, info = HunyuanVideo15Transformer3DModel.from_pretrained(
-            folder, subfolder="transformer", torch_dtype=torch.float32, output_loading_info=True)
-        check_loading_info(info, f"HunyuanVideo-1.5 transformer {folder / 'transformer'}")
-        vae, info = AutoencoderKLHunyuanVideo15.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
-                                                                output_loading_info=True)
-        check_loading_info(info, f"HunyuanVideo-1.5 VAE {folder / 'vae'}")
+        transformer, vae, sched = load_folder(folder, HunyuanVideo15Transformer3DModel, AutoencoderKLHunyuanVideo15,
+                                              "HunyuanVideo-1.5", lora, lora_scale)
         t, v = transformer.config, vae.config
         if t.in_channels != 2 * v.latent_channels + 1 or t.out_channels != v.latent_channels or t.use_meanflow:
             raise WeightsError(f"{folder / 'transformer'}: in_channels={t.in_channels}, out_channels="
                                f"{t.out_channels}, use_meanflow={t.use_meanflow}; an image-to-video transformer "
                                f"over {v.latent_channels} latent channels has {2 * v.latent_channels + 1}, "
                                f"{v.latent_channels}, False")
-        if lora is not None:
-            log.info("fused LoRA %s into %d modules", lora, len(fuse_lora(transformer, lora, lora_scale)))
-        scheduler_file = folder / "scheduler" / "scheduler_config.json"
-        sched = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
         if sched.get("use_dynamic_shifting"):
-            raise WeightsError(f"{scheduler_file}: use_dynamic_shifting=True; HunyuanVideo-1.5 uses a fixed shift")
+            raise WeightsError(f"{folder / 'scheduler'}: use_dynamic_shifting=True; HunyuanVideo-1.5 uses a fixed "
+                               "shift")
         defaults = Hunyuan15SchedulerConfig()
         config = Hunyuan15DecoderConfig(
             transformer=Hunyuan15TransformerConfig(
@@ -97,10 +84,8 @@ class Hunyuan15Family:
         return config, Hunyuan15Decoder(transformer, config.scheduler), Hunyuan15VAE(vae)
 
     def save(self, video_decoder: Hunyuan15Decoder, vae: Hunyuan15VAE, config: ModelConfig, folder: Path) -> None:
-        video_decoder.transformer.save_pretrained(folder / "transformer")
-        vae.vae.save_pretrained(folder / "vae")
-        FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(config.decoder.scheduler)).save_pretrained(
-            folder / "scheduler")
+        save_folder(video_decoder.transformer, vae.vae,
+                    FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(config.decoder.scheduler)), folder)
 
     def geometry(self, config: ModelConfig, height: int, width: int, num_frames: int,
                  frame_rate: int) -> VideoGeometry:

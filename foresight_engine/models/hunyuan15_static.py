@@ -17,14 +17,13 @@ block for one row selection of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from torch.nn import functional as F
 
 from .denoising import Schedule
-from .static_velocity import FirstBlockCache, StepCacheStats
+from .static_velocity import FirstBlockCache, StepCacheStats, TransformerVelocity
 from .video_geometry import LatentGrid, VideoGeometry
 
 
@@ -148,16 +147,8 @@ class Hunyuan15Plan:
         return self.conditions.tensors()
 
 
-class Hunyuan15StaticVelocity:
-    """The velocity of a HunyuanVideo-1.5 transformer from a plan built once per request (its weights, shared)."""
-
-    def __init__(self, transformer: torch.nn.Module, step_cache: float | None = None):
-        self.transformer = transformer
-        self.step_cache = step_cache
-        self.graphable = step_cache is None
-
-    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
-        return self.transformer.state_dict(keep_vars=True).items()
+class Hunyuan15StaticVelocity(TransformerVelocity):
+    """The velocity of a HunyuanVideo-1.5 transformer from a plan built once per request."""
 
     def prepare(self, geometry: VideoGeometry, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
                 schedule: Schedule, image_condition: torch.Tensor | None = None) -> Hunyuan15Plan:

@@ -3,8 +3,6 @@
 two video stages and diffusers' `LTXImageToVideoPipeline` as the reference."""
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,15 +14,11 @@ from PIL import Image
 
 from ..config import LTXDecoderConfig, ModelConfig, SchedulerConfig, TransformerConfig, VAEConfig
 from .export_spec import BuildShape, ExportSpec, fixed_profile, vae_decode_spec
-from .families import PublishedFigure
-from .lora import fuse_lora
+from .families import PublishedFigure, load_folder, save_folder
 from .stages import DenoiseStage
 from .vae import VideoVAE, vae_kwargs
 from .video_decoder import VideoDecoder, scheduler_kwargs, transformer_kwargs
 from .video_geometry import LatentGrid, VideoGeometry
-from .weights import check_loading_info
-
-log = logging.getLogger(__name__)
 
 
 class LTXFamily:
@@ -41,18 +35,9 @@ class LTXFamily:
 
     def load(self, folder: Path, lora: Path | None, lora_scale: float
              ) -> tuple[LTXDecoderConfig, VideoDecoder, VideoVAE]:
-        transformer, info = LTXVideoTransformer3DModel.from_pretrained(folder, subfolder="transformer",
-                                                                       torch_dtype=torch.float32,
-                                                                       output_loading_info=True)
-        check_loading_info(info, f"LTX-Video transformer {folder / 'transformer'}")
-        vae, info = AutoencoderKLLTXVideo.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
-                                                          output_loading_info=True)
-        check_loading_info(info, f"LTX-Video VAE {folder / 'vae'}")
-        if lora is not None:
-            log.info("fused LoRA %s into %d modules", lora, len(fuse_lora(transformer, lora, lora_scale)))
+        transformer, vae, sched = load_folder(folder, LTXVideoTransformer3DModel, AutoencoderKLLTXVideo, "LTX-Video",
+                                              lora, lora_scale)
         t, v = transformer.config, vae.config
-        scheduler_file = folder / "scheduler" / "scheduler_config.json"
-        sched = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
         defaults = SchedulerConfig()
         config = LTXDecoderConfig(
             transformer=TransformerConfig(in_channels=t.in_channels, num_attention_heads=t.num_attention_heads,
@@ -71,10 +56,8 @@ class LTXFamily:
         return config, VideoDecoder(transformer, config.scheduler), VideoVAE(vae)
 
     def save(self, video_decoder: VideoDecoder, vae: VideoVAE, config: ModelConfig, folder: Path) -> None:
-        video_decoder.transformer.save_pretrained(folder / "transformer")
-        vae.vae.save_pretrained(folder / "vae")
-        FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(config.decoder.scheduler)).save_pretrained(
-            folder / "scheduler")
+        save_folder(video_decoder.transformer, vae.vae,
+                    FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(config.decoder.scheduler)), folder)
 
     def geometry(self, config: ModelConfig, height: int, width: int, num_frames: int,
                  frame_rate: int) -> VideoGeometry:

@@ -52,8 +52,10 @@ class DenoisePlan:
         return flat + [t for kv in self.cross_kv for t in kv]
 
 
-class StaticVelocity:
-    """The velocity of an LTX-Video transformer from a `DenoisePlan` (its weights, shared, nothing copied)."""
+class TransformerVelocity:
+    """The base of a family's static velocity model: the transformer whose weights it reads (shared, nothing
+    copied) and the optional first-block step cache threshold (a cached loop is not graphable: it decides on the
+    host whether to skip)."""
 
     def __init__(self, transformer: torch.nn.Module, step_cache: float | None = None):
         self.transformer = transformer
@@ -62,6 +64,10 @@ class StaticVelocity:
 
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.transformer.state_dict(keep_vars=True).items()
+
+
+class StaticVelocity(TransformerVelocity):
+    """The velocity of an LTX-Video transformer from a `DenoisePlan`."""
 
     def prepare(self, geometry: VideoGeometry, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
                 schedule: Schedule, image_condition: torch.Tensor | None = None) -> DenoisePlan:
@@ -180,4 +186,4 @@ class FirstBlockCache:
         self.stats.computed += 1
 
 
-__all__ = ["DenoisePlan", "FirstBlockCache", "StaticVelocity", "StepCacheStats"]
+__all__ = ["DenoisePlan", "FirstBlockCache", "StaticVelocity", "StepCacheStats", "TransformerVelocity"]

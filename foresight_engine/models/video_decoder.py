@@ -15,10 +15,10 @@ from functools import partial
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
-from torch import nn
 
 from ..config import SchedulerConfig, TransformerConfig
 from .denoising import Schedule, StepFn, StepVelocity, VelocityModel, VideoStart
+from .families import TransformerDecoder
 from .static_velocity import StaticVelocity
 from .video_geometry import VideoGeometry
 
@@ -38,15 +38,9 @@ def scheduler_kwargs(config: SchedulerConfig) -> dict:
                 shift_terminal=0.1)
 
 
-class VideoDecoder(nn.Module):
-    def __init__(self, transformer: LTXVideoTransformer3DModel, scheduler: SchedulerConfig):
-        super().__init__()
-        self.transformer = transformer
-        self.scheduler_config = scheduler
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+class VideoDecoder(TransformerDecoder):
+    transformer: LTXVideoTransformer3DModel
+    scheduler_config: SchedulerConfig
 
     def schedule(self, num_steps: int, num_tokens: int, device: torch.device | str = "cpu") -> Schedule:
         """Sigmas linear in [1, 1/N], shifted by the sequence length (LTX-Video's dynamic shift); on `device`."""
