@@ -34,6 +34,7 @@ from PIL import Image
 
 from ..config import ModelConfig
 from ..errors import ConfigError, WeightsError
+from .denoising import StepVelocity
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,14 @@ class DecoderFamily(Protocol):
 
 
 class TransformerDecoder(torch.nn.Module):
-    """The base of a family's `video_decoder` component: its diffusers transformer and its schedule's config."""
+    """The base of a family's `video_decoder` component: its diffusers transformer and its schedule's config, and
+    the velocity models the engine asks for, from what a family defines: `static_velocity` (a
+    `static_velocity.TransformerVelocity` class), `reference_step(geometry)` (the eager reference's one-step
+    function, graph-safe or not: `reference_graphable`) and `timestep_table` (every step's timestep as its one-step
+    functions take it: `denoising.TimestepTable`)."""
+
+    static_velocity: type
+    reference_graphable: bool
 
     def __init__(self, transformer: torch.nn.Module, scheduler: Any):
         super().__init__()
@@ -128,6 +136,27 @@ class TransformerDecoder(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
+
+    def reference_step(self, geometry: "VideoGeometry") -> "StepFn":
+        raise NotImplementedError
+
+    @staticmethod
+    def timestep_table(geometry: "VideoGeometry", schedule: "Schedule", batch: int,
+                       device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def velocity_model(self, static: bool = True, step_cache: float | None = None) -> "VelocityModel":
+        """The eager ways to compute the velocity: the static plan (`static`, optionally with the first-block step
+        cache) or the transformer's forward each step (the eager reference)."""
+        if static:
+            return self.static_velocity(self.transformer, step_cache)
+        return StepVelocity(self.reference_step, graphable=self.reference_graphable,
+                            timestep_table=self.timestep_table,
+                            weights=lambda: self.transformer.state_dict(keep_vars=True).items())
+
+    def stage_velocity(self, stage: "StepFn", graphable: bool) -> "VelocityModel":
+        """The velocity of a built `denoise` stage (fixed to its build geometry: the engine refuses others)."""
+        return StepVelocity(lambda geometry: stage, graphable=graphable, timestep_table=self.timestep_table)
 
 
 def load_folder(folder: Path, transformer_class: type, vae_class: type, what: str, lora: Path | None,

@@ -26,7 +26,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Transformer3DModel
 
 from ..config import Hunyuan15SchedulerConfig, Hunyuan15TransformerConfig
-from .denoising import Schedule, StepFn, StepVelocity, VelocityModel, VideoStart
+from .denoising import Schedule, StepFn, VideoStart
 from .families import TransformerDecoder
 from .hunyuan15_static import Hunyuan15Conditions, Hunyuan15StaticVelocity, velocity
 from .video_geometry import VideoGeometry
@@ -52,6 +52,8 @@ def scheduler_kwargs(config: Hunyuan15SchedulerConfig) -> dict:
 class Hunyuan15Decoder(TransformerDecoder):
     transformer: HunyuanVideo15Transformer3DModel
     scheduler_config: Hunyuan15SchedulerConfig
+    static_velocity = Hunyuan15StaticVelocity
+    reference_graphable = False
 
     def schedule(self, num_steps: int, num_tokens: int, device: torch.device | str = "cpu") -> Schedule:
         """Sigmas linear in [1, 1/N] through the fixed shift, then 0 (the pipeline's); on `device`."""
@@ -95,26 +97,15 @@ class Hunyuan15Decoder(TransformerDecoder):
             rows.append(grid.pack(out))
         return torch.cat(rows).float()
 
-    def velocity_model(self, static: bool = True, step_cache: float | None = None) -> VelocityModel:
-        """The static plan (`static`, optionally with the first-block step cache) or diffusers' forward each step
-        (the eager reference)."""
-        if static:
-            return Hunyuan15StaticVelocity(self.transformer, step_cache)
-        return StepVelocity(lambda geometry: partial(self.diffusers_step, geometry=geometry), graphable=False,
-                            timestep_table=per_sample_timesteps,
-                            weights=lambda: self.transformer.state_dict(keep_vars=True).items())
+    def reference_step(self, geometry: VideoGeometry) -> StepFn:
+        """The eager reference: diffusers' forward as the pipeline calls it (reads a value back: not graphable)."""
+        return partial(self.diffusers_step, geometry=geometry)
 
     @staticmethod
-    def stage_velocity(stage: StepFn, graphable: bool) -> StepVelocity:
-        """The velocity of a built `denoise` stage (fixed to its build geometry: the engine refuses others)."""
-        return StepVelocity(lambda geometry: stage, graphable=graphable, timestep_table=per_sample_timesteps)
+    def timestep_table(geometry: VideoGeometry, schedule: Schedule, batch: int,
+                       device: torch.device) -> torch.Tensor:
+        """[N, B]: step i's timestep for every batch row (no frame is pinned)."""
+        return schedule.timesteps.to(device).view(-1, 1).expand(-1, batch).contiguous()
 
 
-def per_sample_timesteps(geometry: VideoGeometry, schedule: Schedule, batch: int,
-                         device: torch.device) -> torch.Tensor:
-    """[N, B]: step i's timestep for every batch row (no frame is pinned)."""
-    return schedule.timesteps.to(device).view(-1, 1).expand(-1, batch).contiguous()
-
-
-__all__ = ["GLYPH_TOKENS", "Hunyuan15Decoder", "IMAGE_TOKENS", "per_sample_timesteps", "scheduler_kwargs",
-           "transformer_kwargs"]
+__all__ = ["GLYPH_TOKENS", "Hunyuan15Decoder", "IMAGE_TOKENS", "scheduler_kwargs", "transformer_kwargs"]

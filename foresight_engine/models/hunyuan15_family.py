@@ -89,10 +89,7 @@ class Hunyuan15Family:
 
     def geometry(self, config: ModelConfig, height: int, width: int, num_frames: int,
                  frame_rate: int) -> VideoGeometry:
-        vae, tr = config.decoder.vae, config.decoder.transformer
-        grid = LatentGrid(frames=(num_frames - 1) // vae.temporal_compression + 1,
-                          height=height // vae.spatial_compression, width=width // vae.spatial_compression,
-                          channels=vae.latent_channels, patch=tr.patch_size, patch_t=tr.patch_size_t)
+        grid = LatentGrid.of(config.decoder, height, width, num_frames)
         # its RoPE counts latent positions (no scale); every frame is denoised (none pinned)
         return VideoGeometry(height, width, num_frames, frame_rate, grid, (1.0, 1.0, 1.0), pinned=0)
 

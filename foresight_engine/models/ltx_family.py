@@ -61,10 +61,7 @@ class LTXFamily:
 
     def geometry(self, config: ModelConfig, height: int, width: int, num_frames: int,
                  frame_rate: int) -> VideoGeometry:
-        vae, tr = config.decoder.vae, config.decoder.transformer
-        grid = LatentGrid(frames=(num_frames - 1) // vae.temporal_compression + 1,
-                          height=height // vae.spatial_compression, width=width // vae.spatial_compression,
-                          channels=vae.latent_channels, patch=tr.patch_size, patch_t=tr.patch_size_t)
+        vae, grid = config.decoder.vae, LatentGrid.of(config.decoder, height, width, num_frames)
         rope_scale = (vae.temporal_compression / frame_rate, float(vae.spatial_compression),
                       float(vae.spatial_compression))
         return VideoGeometry(height, width, num_frames, frame_rate, grid, rope_scale,

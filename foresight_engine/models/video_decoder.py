@@ -17,7 +17,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
 from ..config import SchedulerConfig, TransformerConfig
-from .denoising import Schedule, StepFn, StepVelocity, VelocityModel, VideoStart
+from .denoising import Schedule, StepFn, VideoStart
 from .families import TransformerDecoder
 from .static_velocity import StaticVelocity
 from .video_geometry import VideoGeometry
@@ -41,6 +41,8 @@ def scheduler_kwargs(config: SchedulerConfig) -> dict:
 class VideoDecoder(TransformerDecoder):
     transformer: LTXVideoTransformer3DModel
     scheduler_config: SchedulerConfig
+    static_velocity = StaticVelocity
+    reference_graphable = True
 
     def schedule(self, num_steps: int, num_tokens: int, device: torch.device | str = "cpu") -> Schedule:
         """Sigmas linear in [1, 1/N], shifted by the sequence length (LTX-Video's dynamic shift); on `device`."""
@@ -75,26 +77,16 @@ class VideoDecoder(TransformerDecoder):
                                rope_interpolation_scale=geometry.rope_scale, return_dict=False)[0]
         return out.float()
 
-    def velocity_model(self, static: bool = True, step_cache: float | None = None) -> VelocityModel:
-        """The eager ways to compute the velocity: the static plan (`static`, optionally with the first-block step
-        cache) or the plain transformer forward (the eager reference)."""
-        if static:
-            return StaticVelocity(self.transformer, step_cache)
-        return StepVelocity(lambda geometry: partial(self, geometry=geometry), graphable=True,
-                            timestep_table=per_token_timesteps,
-                            weights=lambda: self.transformer.state_dict(keep_vars=True).items())
+    def reference_step(self, geometry: VideoGeometry) -> StepFn:
+        """The eager reference: the plain transformer forward (graph-safe)."""
+        return partial(self, geometry=geometry)
 
     @staticmethod
-    def stage_velocity(stage: StepFn, graphable: bool) -> StepVelocity:
-        """The velocity of a built `denoise` stage (fixed to its build geometry: the engine refuses others)."""
-        return StepVelocity(lambda geometry: stage, graphable=graphable, timestep_table=per_token_timesteps)
+    def timestep_table(geometry: VideoGeometry, schedule: Schedule, batch: int,
+                       device: torch.device) -> torch.Tensor:
+        """[N, B, S]: step i's timestep on every moving token, 0 on the pinned first frame."""
+        moving = 1 - geometry.first_frame_mask(device)  # [1, S]
+        return (schedule.timesteps.view(-1, 1, 1) * moving).expand(-1, batch, -1).contiguous()
 
 
-def per_token_timesteps(geometry: VideoGeometry, schedule: Schedule, batch: int,
-                        device: torch.device) -> torch.Tensor:
-    """[N, B, S]: step i's timestep on every moving token, 0 on the pinned first frame."""
-    moving = 1 - geometry.first_frame_mask(device)  # [1, S]
-    return (schedule.timesteps.view(-1, 1, 1) * moving).expand(-1, batch, -1).contiguous()
-
-
-__all__ = ["VideoDecoder", "per_token_timesteps", "scheduler_kwargs", "transformer_kwargs"]
+__all__ = ["VideoDecoder", "scheduler_kwargs", "transformer_kwargs"]

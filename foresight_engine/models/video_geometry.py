@@ -24,6 +24,15 @@ class LatentGrid:
     patch: int = 1
     patch_t: int = 1
 
+    @classmethod
+    def of(cls, decoder, height: int, width: int, num_frames: int) -> "LatentGrid":
+        """The grid a decoder section (`config.decoder`: its `vae` compression, its `transformer` patch) makes of a
+        video of that size."""
+        vae, tr = decoder.vae, decoder.transformer
+        return cls(frames=(num_frames - 1) // vae.temporal_compression + 1, height=height // vae.spatial_compression,
+                   width=width // vae.spatial_compression, channels=vae.latent_channels, patch=tr.patch_size,
+                   patch_t=tr.patch_size_t)
+
     @property
     def tokens_per_frame(self) -> int:
         return (self.height // self.patch) * (self.width // self.patch)
