@@ -123,11 +123,15 @@ class Hunyuan15Family:
         with torch.no_grad():
             siglip.post_layernorm.weight.zero_()
             siglip.post_layernorm.bias.zero_()
+        # the pipeline tests its transformer's truthiness, which a torch.compile wrapper refuses (no len()): it is
+        # built on the module itself and handed the wrapper after
         pipe = HunyuanVideo15ImageToVideoPipeline(
-            text_encoder=None, tokenizer=None, transformer=transformer, vae=model.vae.vae,
+            text_encoder=None, tokenizer=None, transformer=getattr(transformer, "_orig_mod", transformer),
+            vae=model.vae.vae,
             scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(d.scheduler)), text_encoder_2=None,
             tokenizer_2=None, guider=ClassifierFreeGuidance(), image_encoder=siglip.to(model.video_decoder.dtype),
             feature_extractor=SiglipImageProcessor(size={"height": 14, "width": 14}))
+        pipe.transformer = transformer
         pipe.set_progress_bar_config(disable=True)
         processor = pipe.video_processor
 
