@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Both set up .venv first, and only when pyproject.toml changed.
+# Two commands: `make demo` and `make test`. Both set up .venv first, and only when pyproject.toml or
+# constraints.txt changed. The install is reproducible: exact versions from constraints.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,11 +12,11 @@ KERNELS_SRC := CMakeLists.txt $(wildcard foresight_engine/kernels/csrc/*.h fores
                                          foresight_engine/kernels/csrc/cuda/*.cu)
 CMAKE_GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
-.PHONY: demo test install bench kernels gpu-check clean
+.PHONY: demo test install bench kernels gpu-check ui ui-test clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 $(KERNELS_LIB): $(KERNELS_SRC)
@@ -40,6 +41,14 @@ gpu-check: $(STAMP) $(KERNELS_LIB)
 
 bench: $(STAMP) $(KERNELS_LIB)
 	$(BIN)/python -m pytest bench -q -p no:cacheprovider
+
+# the demo UI on http://127.0.0.1:7860 (Ctrl-C stops it)
+ui: $(STAMP) $(KERNELS_LIB)
+	$(BIN)/foresight-engine ui --preset tiny
+
+# the opt-in browser test of the UI: needs Chromium (Debian: apt-get install -y chromium)
+ui-test: $(STAMP) $(KERNELS_LIB)
+	FORESIGHT_UI_TESTS=1 $(BIN)/python -m pytest tests/test_ui_browser.py -q -p no:cacheprovider
 
 clean:
 	rm -rf out .pytest_cache build/kernels foresight_engine/kernels/_native

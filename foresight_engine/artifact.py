@@ -5,8 +5,15 @@ Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `bac
 `video_decoder/`, `vae/`, and `spatial_encoder/` with the hybrid encoder) holding `weights.safetensors` and the
 files of its built stages (`<stage>.onnx`, `<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer
 and image processor). The manifest keeps the raw key factors (`KeyFactors`), their hash (`key`), what each
-component was built as (`ComponentEntry`, one `StageEntry` per stage), and the sha256 and size of every file. A
-cache hit is a key match of a verified artifact, never a directory that exists.
+component was built as (`ComponentEntry`, one `StageEntry` per stage), the sha256 and size of every file, and a
+`digest` of all of that. A cache hit is a key match of a verified artifact, never a directory that exists.
+
+`verify` checks the artifact whole before anything in it is deserialized: the manifest's digest (every field the
+loader reads: factors, components, files table; optionally against a digest the caller pins), its key, every
+stage's backend (known, this build's, runnable on this device), the toolchain and device, then the files: every
+path is relative and inside the directory (no `..`, no absolute path, no symlink out), every file the loader opens
+is listed, every listed file has its size and sha256, and no unlisted file sits anywhere in the artifact (the
+processor folder is read whole by transformers: an extra file there would change the tokens).
 
 Writes go to a temporary sibling directory; `manifest.json` is written last and the directory is renamed into
 place under a file lock, so a killed build leaves only a `.NAME.tmp-*` folder without a valid manifest.
@@ -18,13 +25,14 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
-import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -32,12 +40,12 @@ from filelock import FileLock
 
 from .backends import Backend, toolchain_packages
 from .errors import ArtifactError
+from .precision import COMPONENTS
 
 log = logging.getLogger(__name__)
 
-# v2: one KV cache (decode on a fixed-length buffer), typed stage entries; v3: the config's decoder is a
+FORMAT = "foresight-artifact-v4"  # v3: manifest digest, every file listed; v4: the config's decoder is a
 # discriminated section (`decoder.family`), the optional `spatial_encoder` component
-FORMAT = "foresight-artifact-v3"
 MANIFEST = "manifest.json"
 PROCESSOR_DIR = "processor"
 WEIGHTS_FILE = "weights.safetensors"
@@ -154,6 +162,11 @@ class StageEntry:
         """Whether a backend other than eager runs it (the engine then loads it through that backend's runner)."""
         return self.backend != Backend.EAGER.value
 
+    @property
+    def files(self) -> list[str]:
+        """The relative paths of the files its runner opens."""
+        return [path for path in (self.file, self.engine, self.fp8_scales) if path is not None]
+
     def to_dict(self) -> dict[str, Any]:
         """Fields left at their default are left out."""
         data = asdict(self)
@@ -164,7 +177,10 @@ class StageEntry:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise _rebuild(f"manifest stage entry has unknown field(s) {unknown}")
-        return cls(**data)
+        entry = cls(**data)
+        for path in entry.files:
+            _check_relative(path)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,9 @@ class ComponentEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ComponentEntry":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise _rebuild(f"manifest component entry has unknown field(s) {unknown}")
         return cls(precision=data["precision"], note=data.get("note", ""),
                    stages={n: StageEntry.from_dict(s) for n, s in data.get("stages", {}).items()})
 
@@ -192,18 +211,34 @@ class Manifest:
     report: dict[str, Any] = field(default_factory=dict)  # accuracy, build seconds
     format: str = FORMAT
     created: float = 0.0
+    digest: str = ""  # sha256 of every other field (`manifest_digest`), set by `write_manifest`
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "key": self.key, "created": self.created, "factors": self.factors.to_dict(),
                 "components": {n: c.to_dict() for n, c in self.components.items()}, "files": self.files,
-                "report": self.report}
+                "report": self.report, "digest": self.digest}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise _rebuild(f"manifest has unknown field(s) {unknown}")
+        files = data["files"]
+        for rel, entry in files.items():
+            _check_relative(rel)
+            if set(entry) != {"sha256", "bytes"} or not isinstance(entry["bytes"], int) \
+                    or not re.fullmatch(r"[0-9a-f]{64}", str(entry["sha256"])):
+                raise _rebuild(f"manifest files entry {rel!r} must be {{sha256: 64 hex digits, bytes: int}}")
         return cls(key=data["key"], factors=KeyFactors.from_dict(data["factors"]),
                    components={n: ComponentEntry.from_dict(c) for n, c in data["components"].items()},
-                   files=data["files"], report=data.get("report", {}), format=data["format"],
-                   created=data.get("created", 0.0))
+                   files=files, report=data.get("report", {}), format=data["format"],
+                   created=data.get("created", 0.0), digest=data.get("digest", ""))
+
+    def opened_files(self) -> list[str]:
+        """Every file the loader opens by name: each component's weights and each stage's files."""
+        return [weights_file(name) for name in self.components] + \
+            [path for component in self.components.values() for stage in component.stages.values()
+             for path in stage.files]
 
     @property
     def stages(self) -> dict[str, StageEntry]:
@@ -215,25 +250,102 @@ def _rebuild(reason: str) -> ArtifactError:
     return ArtifactError(f"rebuild needed: {reason}")
 
 
+def manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's JSON form without its `digest` field: covers everything the loader reads."""
+    return hashlib.sha256(_canonical({k: v for k, v in data.items() if k != "digest"}).encode()).hexdigest()
+
+
+def _check_relative(rel: Any) -> None:
+    """A path the manifest names must be relative, in POSIX form, and stay inside the artifact."""
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+    if not parts or rel.startswith("/") or "\\" in rel or ":" in parts[0] or any(p in ("..", ".") for p in parts) \
+            or str(PurePosixPath(*parts)) != rel:
+        raise _rebuild(f"manifest names the path {rel!r}: artifact paths must be relative, inside the artifact "
+                       "(no '..', no absolute path)")
+
+
 def read_manifest(directory: str | Path) -> Manifest:
-    """Parse `DIR/manifest.json` (no file checks); `ArtifactError` when missing or malformed."""
-    path = Path(directory) / MANIFEST
+    """Parse `DIR/manifest.json` and check its format, digest and structure (no file checks); `ArtifactError` when
+    missing, malformed or edited."""
+    directory = Path(directory)
+    path = directory / MANIFEST
     if not path.is_file():
-        raise _rebuild(f"no {MANIFEST} in {directory} (not an artifact, or its build did not finish)")
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: not an artifact directory (it does not exist)", argument="directory")
+        unfinished = ".tmp-" in directory.name  # `build_atomically`'s temp folder, left by a killed build
+        raise ArtifactError(f"{directory}: not an artifact directory (no {MANIFEST}"
+                            + ("; a build that did not finish: build again)" if unfinished else ")"),
+                            argument="directory")
     try:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise _rebuild(f"artifact format {data.get('format')!r}, this engine reads {FORMAT!r}")
+        digest = manifest_digest(data)
+        if data.get("digest") != digest:
+            raise _rebuild(f"manifest digest {str(data.get('digest'))[:12]!r} does not match its contents "
+                           f"({digest[:12]}): the manifest was edited")
         return Manifest.from_dict(data)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise _rebuild(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def verify(directory: str | Path, device: str | torch.device = "cpu") -> Manifest:
-    """Check an artifact before anything in it is deserialized: format, key, toolchain versions, device, and the
-    size and sha256 of every file. Raises `ArtifactError("rebuild needed: <factor>")` on the first mismatch."""
+def _check_stages(manifest: Manifest, device: str | torch.device) -> None:
+    """Every component is one this engine knows and every stage's backend is eager or the artifact's own; a built
+    stage's backend can run here (its runner, device type and packages). (Precisions come from the key factors.)"""
+    artifact_backend = manifest.factors.backend
+    for component, entry in manifest.components.items():
+        if component not in COMPONENTS:
+            raise _rebuild(f"manifest component {component!r} is not one of {list(COMPONENTS)}")
+        for name, stage in entry.stages.items():
+            if stage.backend not in (Backend.EAGER.value, artifact_backend):
+                raise _rebuild(f"stage {name}: backend {stage.backend!r} is neither this artifact's "
+                               f"({artifact_backend!r}) nor eager")
+            if stage.built:
+                spec = Backend(stage.backend).spec
+                if spec.runner is None:
+                    raise _rebuild(f"stage {name} is marked built by backend {stage.backend!r}, which has no runner")
+                spec.require(device)  # BackendUnavailable naming what is missing
+
+
+def _check_files(directory: Path, manifest: Manifest) -> None:
+    """The files table against the directory: listed paths stay inside (symlinks too), nothing unlisted is there,
+    every file the loader opens is listed, every listed file has its size and sha256."""
+    root = directory.resolve()
+    missing = sorted(set(manifest.opened_files()) - set(manifest.files))
+    if missing:
+        raise _rebuild(f"the manifest's files table does not list {missing}, which the loader would open")
+    for folder, subfolders, names in os.walk(directory):
+        for name in subfolders:
+            if (Path(folder) / name).is_symlink():
+                raise _rebuild(f"{Path(folder, name).relative_to(directory)} is a symlinked folder")
+        for name in names:
+            rel = Path(folder, name).relative_to(directory).as_posix()
+            if rel != MANIFEST and rel not in manifest.files:
+                raise _rebuild(f"file {rel} is not listed in the manifest (an artifact holds only what it lists)")
+    for rel, expected in sorted(manifest.files.items()):
+        path = directory / rel
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise _rebuild(f"file {rel} resolves outside the artifact ({real})")
+        if not real.is_file():
+            raise _rebuild(f"file {rel} is missing")
+        size = real.stat().st_size
+        if size != expected["bytes"]:
+            raise _rebuild(f"file {rel} is truncated or grew ({size} bytes, manifest says {expected['bytes']})")
+        digest = sha256_file(real)
+        if digest != expected["sha256"]:
+            raise _rebuild(f"file {rel} was modified (sha256 {digest[:12]}, manifest says {expected['sha256'][:12]})")
+
+
+def verify(directory: str | Path, device: str | torch.device = "cpu", digest: str | None = None) -> Manifest:
+    """Check an artifact whole before anything in it is deserialized (see the module docstring): the manifest's
+    digest (and `digest`, when the caller pins the one it trusts), key, stage backends, toolchain versions, device,
+    then every file. Raises `ArtifactError("rebuild needed: <factor>")` on the first mismatch."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    if digest is not None and manifest.digest != digest:
+        raise ArtifactError(f"artifact digest {manifest.digest[:16]} is not the pinned {str(digest)[:16]}: "
+                            "not the artifact you trust")
     factors = manifest.factors
     if factors.key() != manifest.key:
         raise _rebuild(f"manifest key {manifest.key[:12]} does not match its factors ({factors.key()[:12]}): "
@@ -244,6 +356,7 @@ def verify(directory: str | Path, device: str | torch.device = "cpu") -> Manifes
     except ValueError:
         raise _rebuild(f"artifact backend {factors.backend!r} is not one this engine knows "
                        f"({[b.value for b in Backend]})") from None
+    _check_stages(manifest, device)
     for package in backend.toolchain:
         built = factors.toolchain.get(package)
         if built != here.get(package):
@@ -256,16 +369,7 @@ def verify(directory: str | Path, device: str | torch.device = "cpu") -> Manifes
                            f"{dev.get('name')!r} (sm {dev.get('sm')})")
     if not manifest.files:
         raise _rebuild(f"{directory / MANIFEST} lists no files")
-    for rel, expected in sorted(manifest.files.items()):
-        path = directory / rel
-        if not path.is_file():
-            raise _rebuild(f"file {rel} is missing")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise _rebuild(f"file {rel} is truncated or grew ({size} bytes, manifest says {expected['bytes']})")
-        digest = sha256_file(path)
-        if digest != expected["sha256"]:
-            raise _rebuild(f"file {rel} was modified (sha256 {digest[:12]}, manifest says {expected['sha256'][:12]})")
+    _check_files(directory, manifest)
     return manifest
 
 
@@ -283,15 +387,39 @@ def cached(directory: str | Path, key: str) -> Manifest | None:
 
 
 def _file_table(directory: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(directory)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST}
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (`os.umask` can only be read by setting it, which would race
+    with files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): the racy read, once
+    os.umask(mask)
+    return mask
+
+
+def _share_like_umask(directory: Path) -> None:
+    """Give every folder and file the modes a plain `mkdir`/`open` would: some writers (safetensors writes
+    through a 0600 temp file) lock the group out, which breaks an artifact cache shared by a group."""
+    mask = current_umask()
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
-    """Hash every file in `directory`, then write `manifest.json` (always the last file written)."""
+    """Hash every file in `directory`, then write `manifest.json` with its digest (always the last file written)."""
     manifest.files = _file_table(directory)
     manifest.created = time.time()
-    (directory / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+    data = manifest.to_dict()
+    manifest.digest = manifest_digest(data)
+    (directory / MANIFEST).write_text(json.dumps({**data, "digest": manifest.digest}, indent=2, sort_keys=True))
     return manifest
 
 
@@ -318,12 +446,14 @@ def build_atomically(directory: str | Path, key: str, write: Callable[[Path], Ma
             return hit, True
         for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by killed builds (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()  # not mkdtemp: its 0700 would lock a shared cache's group out
         try:
             manifest = write(tmp)
             if manifest.key != key:
                 raise ArtifactError(f"builder wrote key {manifest.key[:12]}, expected {key[:12]}")
             write_manifest(tmp, manifest)
+            _share_like_umask(tmp)
             old = None
             if directory.exists():
                 old = directory.parent / f".{directory.name}.old-{os.getpid()}"
@@ -342,6 +472,7 @@ def describe(manifest: Manifest) -> str:
     """A readable summary of a manifest (`foresight-engine inspect`)."""
     f = manifest.factors
     lines = [f"artifact {manifest.key[:16]}  ({manifest.format}, built {time.ctime(manifest.created)})",
+             f"  digest:     {manifest.digest}  (pin it: Engine.load(DIR, digest=...))",
              f"  model:      {f.config.get('name')}   weights sha256 {f.weights_hash[:16]}",
              f"  backend:    {f.backend}  options {f.options}",
              "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in manifest.components),
@@ -355,9 +486,10 @@ def describe(manifest: Manifest) -> str:
         lines.append(f"    {name:14s} {comp.precision:5s} {stages}")
         if comp.note:
             lines.append(f"    {'':14s} note: {comp.note}")
-    if manifest.report:
+    other = {k: v for k, v in manifest.report.items() if k != "accuracy"}  # the accuracy table: `inspect`
+    if other:
         lines.append("  report:")
-        for k, v in manifest.report.items():
+        for k, v in other.items():
             lines.append(f"    {k}: {json.dumps(v, default=str)}")
     total = sum(v["bytes"] for v in manifest.files.values())
     lines.append(f"  files: {len(manifest.files)} ({total / 1e6:.1f} MB)")
@@ -365,5 +497,6 @@ def describe(manifest: Manifest) -> str:
 
 
 __all__ = ["ComponentEntry", "FORMAT", "KeyFactors", "MANIFEST", "Manifest", "PROCESSOR_DIR", "StageEntry",
-           "WEIGHTS_FILE", "build_atomically", "cached", "describe", "device_info", "read_manifest", "sha256_file",
-           "stage_file", "tensors_hash", "toolchain", "verify", "weights_file", "write_manifest"]
+           "WEIGHTS_FILE", "build_atomically", "cached", "describe", "device_info", "manifest_digest",
+           "read_manifest", "sha256_file", "stage_file", "tensors_hash", "toolchain", "verify", "weights_file",
+           "write_manifest"]

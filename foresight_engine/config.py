@@ -13,7 +13,7 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError, UnknownPresetError
@@ -361,8 +361,35 @@ class SpatialEncoderConfig:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """The largest request an engine accepts (`Engine.predict` refuses anything beyond, before any model runs).
+
+    Sizes bound the work of one uninterruptible call (a transformer block attends over every latent token, a VAE
+    block convolves the whole clip), so they also bound how long a cancel takes; `max_cost` bounds the whole
+    request: latent tokens x steps x CFG batch (the transformer's token passes) + latent tokens (the VAE decode) +
+    text tokens. `Engine(max_request_cost=...)` overrides it per engine."""
+
+    max_side: int = 1280  # height and width, pixels
+    max_frames: int = 257
+    max_inference_steps: int = 200
+    max_new_tokens: int = 4096
+    max_frame_rate: int = 240  # frames per second of the video (and its RoPE time scale)
+    max_guidance_scale: float = 30.0
+    max_image_pixels: int = 2**25  # an input image's width x height (33.5 M: 8K x 4K), checked before decoding
+    max_cost: int = 3_000_000  # token passes
+
+    def __post_init__(self) -> None:
+        _positive("generation.limits", max_side=self.max_side, max_frames=self.max_frames,
+                  max_inference_steps=self.max_inference_steps, max_new_tokens=self.max_new_tokens,
+                  max_frame_rate=self.max_frame_rate, max_image_pixels=self.max_image_pixels, max_cost=self.max_cost)
+        if not 1.0 <= self.max_guidance_scale < float("inf"):
+            raise ConfigError(f"generation.limits.max_guidance_scale={self.max_guidance_scale!r} must be a finite "
+                              "number >= 1")
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
-    """Per-request defaults; `Engine.predict` keyword arguments override them."""
+    """Per-request defaults; `Engine.predict` keyword arguments override them, within `limits`."""
 
     height: int
     width: int
@@ -372,12 +399,22 @@ class GenerationConfig:
     max_new_tokens: int = 16
     frame_rate: int = 24
     decode_timestep: float = 0.0
-    max_inference_steps: int = 200
-    max_new_tokens_limit: int = 4096
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         _positive("generation", height=self.height, width=self.width, num_frames=self.num_frames,
                   num_inference_steps=self.num_inference_steps, frame_rate=self.frame_rate)
+        lim = self.limits
+        over = {name: (value, limit) for name, value, limit in (
+            ("height", self.height, lim.max_side), ("width", self.width, lim.max_side),
+            ("num_frames", self.num_frames, lim.max_frames),
+            ("num_inference_steps", self.num_inference_steps, lim.max_inference_steps),
+            ("max_new_tokens", self.max_new_tokens, lim.max_new_tokens),
+            ("frame_rate", self.frame_rate, lim.max_frame_rate),
+            ("guidance_scale", self.guidance_scale, lim.max_guidance_scale)) if value > limit}
+        if over:
+            raise ConfigError("generation defaults beyond generation.limits: " + ", ".join(
+                f"{name}={value} > {limit}" for name, (value, limit) in over.items()))
 
 
 @dataclass(frozen=True)
@@ -493,7 +530,8 @@ def _tiny() -> ModelConfig:
                           decoder_block_out_channels=(8, 8, 8, 8), decoder_layers_per_block=(1, 1, 1, 1, 1),
                           decoder_spatio_temporal_scaling=(True, True, False, False),
                           decoder_inject_noise=(False, False, False, False, False), patch_size=1)),
-        generation=GenerationConfig(height=64, width=64, num_frames=9, num_inference_steps=4, max_new_tokens=8),
+        generation=GenerationConfig(height=64, width=64, num_frames=9, num_inference_steps=4, max_new_tokens=8,
+                                    limits=RequestLimits(max_side=128, max_frames=33, max_cost=1_000_000)),
     )
 
 
@@ -516,7 +554,8 @@ def _small() -> ModelConfig:
                           decoder_block_out_channels=(32, 64, 64, 64), decoder_layers_per_block=(1, 1, 1, 1, 1),
                           decoder_spatio_temporal_scaling=(True, True, True, False),
                           decoder_inject_noise=(False, False, False, False, False), patch_size=2)),
-        generation=GenerationConfig(height=256, width=256, num_frames=17, num_inference_steps=8, max_new_tokens=32),
+        generation=GenerationConfig(height=256, width=256, num_frames=17, num_inference_steps=8, max_new_tokens=32,
+                                    limits=RequestLimits(max_side=512, max_frames=65, max_cost=1_000_000)),
     )
 
 
@@ -607,12 +646,12 @@ def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise UnknownPresetError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise UnknownPresetError(f"preset {name!r} is unknown; choose one of {sorted(PRESETS)}") from None
 
 
 __all__ = [
     "AdapterConfig", "DECODER_FAMILIES", "DecoderConfig", "GenerationConfig", "Hunyuan15DecoderConfig",
     "Hunyuan15SchedulerConfig", "Hunyuan15TransformerConfig", "Hunyuan15VAEConfig", "LTXDecoderConfig", "ModelConfig",
-    "ProcessorConfig", "SchedulerConfig", "SpatialEncoderConfig", "TextConfig", "TransformerConfig", "VAEConfig",
+    "ProcessorConfig", "RequestLimits", "SchedulerConfig", "SpatialEncoderConfig", "TextConfig", "TransformerConfig", "VAEConfig",
     "VisionConfig", "PRESETS", "preset",
 ]

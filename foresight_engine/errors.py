@@ -3,7 +3,15 @@ from __future__ import annotations
 
 
 class ForesightError(Exception):
-    """Base of all foresight-engine errors."""
+    """Base of all foresight-engine errors.
+
+    `argument` names the API argument an error is about when the message does not start with it (e.g. the
+    directory given to `Engine.load`), so that a front end can name its own spelling of it: the CLI names the
+    flag the user typed (`foresight_engine/cli/flags.py`)."""
+
+    def __init__(self, *args, argument: str | None = None):
+        super().__init__(*args)
+        self.argument = argument
 
 
 class ConfigError(ForesightError, ValueError):
@@ -24,6 +32,10 @@ class ImageError(InvalidInputError):
 
 class PromptError(InvalidInputError):
     """A prompt is empty or longer than the context allows."""
+
+
+class RequestTooLarge(InvalidInputError):
+    """A request's estimated cost (token passes) exceeds the engine's budget (`Engine(max_request_cost=...)`)."""
 
 
 class WeightsError(ForesightError):
@@ -51,7 +63,20 @@ class RequestCancelled(ForesightError):
 
 
 class RequestTimeout(ForesightError):
-    """The request ran past its `timeout_s`."""
+    """The request ran past its `timeout_s` (running, or waiting for a stage another request holds)."""
+
+
+class EngineClosed(RequestCancelled):
+    """The engine is shutting down (`Engine.shutdown()`, a server's SIGTERM): requests in flight are cancelled and
+    new ones refused."""
+
+
+class NonFiniteError(ForesightError):
+    """A stage produced NaN or inf (`stage` names it): raised instead of returning a black or garbage video."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
 
 
 class BackendUnavailable(ForesightError):
@@ -73,6 +98,10 @@ class CalibrationError(ForesightError, ValueError):
 
 class AccuracyGateError(ForesightError):
     """A build missed an accuracy threshold; the message names each component, metric, value and limit."""
+
+
+class MissingExtraError(ForesightError, ImportError):
+    """An optional feature's packages are not installed; the message names the extra to install."""
 
 
 class EngineBuildError(ForesightError):

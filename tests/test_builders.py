@@ -1,7 +1,10 @@
 """Builders on the tiny preset: eager artifacts, the content-keyed cache, verification before loading, the CLI."""
+import io
 import json
 import logging
+import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,12 +31,6 @@ PROMPT = "What happens next?"
 @pytest.fixture(scope="module")
 def tiny() -> GLPModel:
     return GLPModel.from_preset("tiny", 0)
-
-
-@pytest.fixture(scope="module")
-def eager_fp32(tiny, tmp_path_factory):
-    """One eager fp32 artifact of tiny/seed 0, built with the accuracy gate on."""
-    return build(tiny, tmp_path_factory.mktemp("art") / "eager_fp32", backend="eager", precision="fp32")
 
 
 def _copy(result, tmp_path: Path) -> Path:
@@ -210,6 +207,10 @@ def test_edited_manifest_is_refused(eager_fp32, tmp_path):
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["factors"]["precision"]["vae"] = "bf16"
     (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"^rebuild needed: manifest digest .* the manifest was edited"):
+        Engine.load(d)
+    manifest["digest"] = artifact.manifest_digest(manifest)  # a consistent digest: the key still disagrees
+    (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"^rebuild needed: manifest key .* the manifest was edited"):
         Engine.load(d)
 
@@ -234,7 +235,7 @@ def test_killed_build_leaves_nothing_valid_and_concurrent_builds_build_once(tmp_
     orphan = tmp_path / ".art.tmp-killed"
     orphan.mkdir()
     (orphan / "half.bin").write_bytes(b"x")
-    with pytest.raises(ArtifactError, match="^rebuild needed: no manifest.json"):
+    with pytest.raises(ArtifactError, match="not an artifact directory .no manifest.json; a build that did not finish"):
         Engine.load(orphan)
 
     calls = []
@@ -254,6 +255,30 @@ def test_killed_build_leaves_nothing_valid_and_concurrent_builds_build_once(tmp_
     assert len(calls) == 1
     assert sorted(hit for _, hit in results) == [False, True]
     assert not orphan.exists()  # stale temp dirs are swept under the lock
+
+
+def _modes(root: Path) -> dict[str, set[int]]:
+    paths = [root, *root.rglob("*")]
+    return {"dirs": {p.stat().st_mode & 0o777 for p in paths if p.is_dir()},
+            "files": {p.stat().st_mode & 0o777 for p in paths if p.is_file()}}
+
+
+def test_artifacts_keep_the_users_umask(eager_fp32, tmp_path):
+    """A shared cache: a group-writable umask gives group-writable artifacts (not mkdtemp's 0700)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert _modes(eager_fp32.directory) == {"dirs": {0o777 & ~umask}, "files": {0o666 & ~umask}}
+
+    def write(tmp: Path) -> Manifest:
+        (tmp / "component").mkdir()
+        (tmp / "component" / "weights.bin").write_bytes(b"x")
+        return _manifest_for("")
+    old = os.umask(0o002)
+    try:
+        build_atomically(tmp_path / "shared", _manifest_for("").key, write)
+    finally:
+        os.umask(old)
+    assert _modes(tmp_path / "shared") == {"dirs": {0o775}, "files": {0o664}}
 
 
 def test_tensorrt_without_gpu_fails_before_any_work(monkeypatch, tmp_path):
@@ -284,6 +309,9 @@ def test_cli_dry_run_inspect_and_predict_engine(eager_fp32, tmp_path, capsys, im
     assert main(["inspect", str(eager_fp32.directory)]) == 0
     out = capsys.readouterr().out
     assert eager_fp32.key[:16] in out and "verifies here: yes" in out
+    table = out[out.index("accuracy against eager fp32"):]  # the report as a table, not a JSON line
+    assert "stage" in table and "rel L2" in table and "cosine" in table and "end to end (fp32): frame PSNR" in table
+    assert all(f"\n    {stage} " in table for stage in ("vision", "prefill", "denoise", "vae_decode"))
     from PIL import Image
     Image.fromarray(image).save(tmp_path / "in.png")
     assert main(["predict", "--engine", str(eager_fp32.directory), "--image", str(tmp_path / "in.png"),
@@ -308,3 +336,27 @@ def test_engine_and_models_never_import_builders():
             imports = [line.split()[1] for line in source.read_text().splitlines()
                        if line.lstrip().startswith(("import ", "from "))]
             assert not any(name in module for module in imports for name in names), source
+
+
+def test_build_progress_bar_only_on_a_terminal(monkeypatch):
+    from foresight_engine.builders.progress import BuildProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stderr, shown in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with BuildProgress(True) as bar:
+            bar.expect(2)
+            with bar.step("weights"):
+                pass
+            with bar.step("export denoise"):
+                pass
+        assert ("build: export denoise:  1/2 steps" in stderr.getvalue()) == shown
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with BuildProgress(False) as bar:  # off when embedded, terminal or not
+        with bar.step("weights"):
+            pass
+    assert terminal.getvalue() == ""

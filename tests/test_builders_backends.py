@@ -2,6 +2,8 @@
 
 Each artifact is built once per module; torch.compile and the ONNX export take seconds per stage.
 """
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -20,6 +22,7 @@ from foresight_engine.models.glp import GLPModel
 from foresight_engine.precision import PrecisionPolicy
 
 PROMPT = "What happens next?"
+EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "example.png"
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +76,24 @@ def test_onnx_fp32_matches_eager(onnx_fp32, engine, image):
     assert np.abs(got.frames.astype(int) - want.frames.astype(int)).max() <= 1
 
 
-def test_onnx_artifact_refuses_another_grid(onnx_fp32, image):
+def test_onnx_artifact_refuses_another_grid(onnx_fp32, image, tmp_path, capsys):
+    from foresight_engine.cli import main
     from foresight_engine.errors import ArtifactError
     loaded = Engine.load(onnx_fp32.directory)
-    with pytest.raises(ArtifactError, match="rebuild needed: .*denoising step is built for"):
+    with pytest.raises(ArtifactError, match=r"^this artifact is built for 9 frames at 64x64; the request asks for "
+                                            r"13 frames at 64x64: rebuild with num_frames=13 or ask for num_frames=9$"):
         loaded.prepare(image, PROMPT, num_frames=13)  # refused while validating, before any model runs
-    with pytest.raises(ArtifactError, match="rebuild needed: .*batch"):
+    with pytest.raises(ArtifactError, match="without guidance; .* rebuild with classifier-free guidance or ask for "
+                                            "guidance_scale=1"):
         loaded.prepare(image, PROMPT, guidance_scale=3.0)  # built without classifier-free guidance
     with pytest.raises(ArtifactError, match="rebuild needed: .*decode stage is built for a KV cache of 4096 slots"):
         Engine.load(onnx_fp32.directory, max_seq_len=100)  # the built decode step's buffers are fixed
+    # the CLI says it with the flags the user typed
+    assert main(["predict", "--engine", str(onnx_fp32.directory), "--image", str(EXAMPLE), "--prompt", PROMPT,
+                 "--out", str(tmp_path), "--frames", "5", "--height", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "this artifact is built for 9 frames at 64x64; the request asks for 5 frames at 32x64: rebuild with " \
+           "--frames 5, --height 32 or ask for --frames 9, --height 64" in err
 
 
 def test_fp8_qdq_graph_and_reported_accuracy(onnx_fp8, tiny, shape):

@@ -37,7 +37,7 @@ def test_bad_input_exits_2_with_message(tmp_path, capsys):
     code = main(["predict", "--preset", "tiny", "--image", str(ROOT / "assets" / "example.png"), "--prompt", "hi",
                  "--out", str(tmp_path), "--frames", "6"])
     assert code == 2
-    assert "num_frames=6" in capsys.readouterr().err
+    assert "--frames 6 must be of the form 4*k+1" in capsys.readouterr().err
     assert not (tmp_path / "prediction.mp4").exists()
 
 

@@ -9,16 +9,6 @@ from foresight_engine.errors import ImageError, InvalidInputError, PromptError, 
 from foresight_engine import Engine
 
 
-@pytest.fixture()
-def no_models(engine, monkeypatch):
-    """Any model call fails the test: validation must happen first."""
-    def boom(*a, **k):
-        raise AssertionError("a model ran before validation finished")
-    for name in ("vision", "prefill", "adapt", "denoise", "decode_video", "decode_text"):
-        monkeypatch.setattr(engine, name, boom)
-    return engine
-
-
 @pytest.mark.parametrize("kwargs, match", [
     (dict(height=66), "height=66 must be a positive multiple of 4"),
     (dict(width=0), "width=0"),

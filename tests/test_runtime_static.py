@@ -138,8 +138,9 @@ def test_kv_caches_are_allocated_once_and_a_request_that_cannot_fit_is_refused_f
     for seed in (1, 2, 3):
         rt.predict(image, "What happens next?", seed=seed, num_inference_steps=1, max_new_tokens=3)
     assert allocated == [rt.max_seq_len]  # one cache, reused by every request that followed
-    assert rt.max_seq_len == min(engine.config.text.max_position_embeddings,
-                                 engine.config.processor.max_prompt_tokens + engine.config.generation.max_new_tokens_limit)
+    config = engine.config
+    assert rt.max_seq_len == min(config.text.max_position_embeddings,
+                                 config.processor.max_prompt_tokens + config.generation.limits.max_new_tokens)
 
     tight = Engine(engine.model, max_seq_len=32)
     monkeypatch.setattr(tight, "vision", lambda *a: pytest.fail("a model ran"))

@@ -316,6 +316,14 @@ def test_convert_from_local_checkpoints(tmp_path):
     assert lpips_backbone.main(["convert", "--out", str(out), "--torchvision-checkpoint", "nowhere.pth"]) == 1
 
 
+def test_convert_without_the_trunk_says_where_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lpips_backbone.torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert lpips_backbone.main(["convert", "--net", "vgg", "--out", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert "vgg16-397923af.pth" in err and "--torchvision-checkpoint" in err
+    assert "torchvision.models.vgg16(weights='IMAGENET1K_V1')" in err and str(tmp_path / "hub") in err
+
+
 # ---------------------------------------------------------------- plot and CLI
 
 def test_plot_and_cli_json(tmp_path, weights_dir, capsys):

@@ -1,10 +1,10 @@
-"""`foresight-engine bench` and `foresight-engine plan` subcommands."""
+"""`foresight-engine bench` and `foresight-engine plan` subcommands (heavy imports inside the handlers)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..video_io import atomic_output
+from .gpus import GPUS
 from .stages import STAGES
 
 
@@ -23,18 +23,23 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--stages", type=_csv, default=STAGES,
                    help=f"comma-separated stage suites, empty for none (default {','.join(STAGES)})")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
-    p.add_argument("--plot", type=Path, help="write a PNG timeline of each configuration's last step here")
+    p.add_argument("--plot", type=Path, help="write a PNG timeline of each configuration's last step here "
+                                             "(needs the [plot] extra)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where every contender runs (default cpu)")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench, flags={"preset": "--preset", "device": "--device"})
 
 
 def _bench(args) -> int:
     from ..errors import ForesightError
+    from ..plotting import require_matplotlib
+    from ..video_io import atomic_output
     from .runner import SuiteOptions, format_table, run_suite
     from .timeline import plot_timelines
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         raise ForesightError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if args.plot:
+        require_matplotlib()  # before minutes of benchmarking, not after
     report = run_suite(SuiteOptions(args.preset, quick=args.quick, configs=args.configs, stages=args.stages,
                                     device=args.device))
     print(format_table(report))
@@ -50,26 +55,26 @@ def _bench(args) -> int:
 
 
 def add_plan_parser(sub) -> None:
-    from .gpus import GPUS
-    from .plan import PlanSettings
-    d = PlanSettings()
     p = sub.add_parser("plan", help="roofline PROJECTION of one step of a preset on a GPU (no weights needed)",
                        description="FLOPs and bytes per stage counted on the meta device, projected onto a GPU's "
-                                   "datasheet peaks. A projection (a lower bound), not a measurement.")
-    p.add_argument("--preset", default="full", help="full | full-hunyuan15 | full-hybrid (any preset)")
+                                   "datasheet peaks. A projection (a lower bound), not a measurement. Request "
+                                   "settings default to the preset's own (full: 121 frames at 512x768, 8 steps).")
+    p.add_argument("--preset", default="full", help="any preset (default full; full-hunyuan15, full-hybrid: the other families)")
     p.add_argument("--gpu", required=True, choices=sorted(GPUS))
     p.add_argument("--precision", default="bf16", choices=["fp8", "fp16", "bf16"])
-    p.add_argument("--frames", type=int, help="default: the preset's")
-    p.add_argument("--height", type=int, help="default: the preset's")
-    p.add_argument("--width", type=int, help="default: the preset's")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's, the distilled 8)")
-    p.add_argument("--new-tokens", type=int, help="default: the preset's")
-    p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="text tokens besides the image's")
+    p.add_argument("--frames", type=int, help="frames (default: the preset's)")
+    p.add_argument("--height", type=int, help="(default: the preset's)")
+    p.add_argument("--width", type=int, help="(default: the preset's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's; full: the distilled 8)")
+    p.add_argument("--new-tokens", type=int, help="answer tokens (default: the preset's max_new_tokens)")
+    p.add_argument("--prompt-tokens", type=int, help="text tokens besides the image's (default 150)")
     p.add_argument("--guidance", type=float, help=">1 doubles the denoising batch (default: the preset's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--by-family", action="store_true",
                    help="also project each operator family (GEMMs, attention, norms, RoPE, ...) op by op")
-    p.set_defaults(func=_plan)
+    p.set_defaults(func=_plan, flags={"num_frames": "--frames", "height": "--height", "width": "--width",
+                                      "steps": "--steps", "new_tokens": "--new-tokens",
+                                      "prompt_tokens": "--prompt-tokens", "preset": "--preset"})
 
 
 def _plan(args) -> int:

@@ -8,6 +8,7 @@ family is counted without code here.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
@@ -27,8 +28,8 @@ from .gpus import GPUSpec, gpu as gpu_spec
 from .op_families import FAMILIES
 
 # Qwen2.5-VL's special token ids (the count does not depend on them, the model config needs them).
-_TOKEN_IDS = SpecialTokenIds(image=151655, video=151656, vision_start=151652, vision_end=151653, eos=151645,
-                             pad=151643)
+_QWEN_TOKEN_IDS = SpecialTokenIds(image=151655, video=151656, vision_start=151652, vision_end=151653, eos=151645,
+                                  pad=151643)
 WEIGHT_BYTES = {"fp8": 1.0, "fp16": 2.0, "bf16": 2.0}
 ACTIVATION_BYTES = 2.0  # activations, KV cache and attention stay 16-bit in every policy here
 # The FP8 policy keeps the VAE (fp16 overflow, quality), the small adapter and DINOv2 in bf16.
@@ -50,12 +51,13 @@ class PlanSettings:
 
     @classmethod
     def for_config(cls, config: ModelConfig, **overrides) -> "PlanSettings":
-        """The preset's own generation settings (its video size, steps, answer length, guidance), `overrides` on
-        top (None values ignored)."""
-        g = config.generation
-        base = dict(height=g.height, width=g.width, num_frames=g.num_frames, steps=g.num_inference_steps,
-                    new_tokens=g.max_new_tokens, guidance_scale=g.guidance_scale)
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+        """The preset's own request defaults (size, frames, steps, answer length, largest image); for `full`
+        these equal the class defaults. `overrides` that are None keep the default."""
+        gen = config.generation
+        values = dict(height=gen.height, width=gen.width, num_frames=gen.num_frames, steps=gen.num_inference_steps,
+                      new_tokens=gen.max_new_tokens, image_side=math.isqrt(config.processor.max_pixels),
+                      guidance_scale=gen.guidance_scale)
+        return cls(**values | {k: v for k, v in overrides.items() if v is not None})
 
     def check(self, config: ModelConfig) -> None:
         for name in ("height", "width"):
@@ -65,7 +67,7 @@ class PlanSettings:
             raise ConfigError(f"plan: num_frames={self.num_frames} is not {config.temporal_step}*k+1")
         for name in ("steps", "new_tokens", "prompt_tokens", "image_side"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"plan: {name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"plan: {name}={getattr(self, name)} must be > 0")
 
 
 @dataclass
@@ -112,12 +114,21 @@ class Plan:
         return asdict(self)
 
 
+def _token_ids(config: ModelConfig) -> SpecialTokenIds:
+    """Qwen's ids where the vocabulary holds them; a smaller vocabulary (tiny, small: the tokenizer is built
+    locally) gets its last six ids, which every embedding has (padding_idx must lie inside it)."""
+    vocab = config.text.vocab_size
+    if vocab > max(vars(_QWEN_TOKEN_IDS).values()):
+        return _QWEN_TOKEN_IDS
+    return SpecialTokenIds(*range(vocab - 6, vocab))
+
+
 def meta_components(config: ModelConfig) -> SimpleNamespace:
     """The stack's components on the meta device, with the attributes stage wrappers read (`spec.wrap`)."""
+    ids = _token_ids(config)
     with torch.device("meta"):
-        qwen = build_qwen_vl(config, _TOKEN_IDS)
-        backbone = Backbone(qwen.model.language_model, qwen.lm_head, config.adapter.num_query_tokens,
-                            _TOKEN_IDS.image)
+        qwen = build_qwen_vl(config, ids)
+        backbone = Backbone(qwen.model.language_model, qwen.lm_head, config.adapter.num_query_tokens, ids.image)
         adapter = build_adapter(config)
         video_decoder, vae = family(config).build(config)
         spatial = None if config.spatial_encoder is None else SpatialEncoder.build(config.spatial_encoder)

@@ -1,13 +1,11 @@
 """Stage suites: each stage of an engine as a no-argument callable on fixed inputs computed once beforehand."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
-from ..engine import Engine
-from ..models.kv_cache import decode_step
-from .contenders import BenchInputs
+if TYPE_CHECKING:  # `STAGES` is read by the CLI's parser, which must not import torch
+    from ..engine import Engine
+    from .contenders import BenchInputs
 
 STAGES = ("vision", "spatial", "prefill", "decode_step", "adapter", "denoise_step", "vae")  # spatial: hybrid only
 
@@ -16,6 +14,9 @@ def stage_calls(engine: Engine, inputs: BenchInputs) -> dict[str, Callable[[], A
     """`{stage: fn}` for one engine; the inputs of each stage come from the engine's own previous stages, and each
     stage runs what the engine runs (its stage functions, its velocity model, its KV cache and decode span).
     `spatial` (DINOv2) is there only for a model with the hybrid encoder."""
+    import torch
+
+    from ..models.kv_cache import decode_step
     with torch.inference_mode():
         request = engine.prepare(inputs.images, inputs.prompt, **inputs.settings)
         image_embeds = engine.vision(request)

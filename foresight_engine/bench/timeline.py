@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ..video_io import atomic_output
+from ..plotting import figure, save_png
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,17 @@ def spans_of(timings: Any) -> list[Span]:
 
 
 def plot_timelines(timelines: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """One panel per configuration, one lane per stage; written atomically to `path` (PNG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    """`timeline_figure(timelines, title)` written atomically to `path` (PNG)."""
+    return save_png(timeline_figure(timelines, title), path)
 
+
+def timeline_figure(timelines: dict[str, Any], title: str = "") -> Figure:
+    """One panel per configuration (or request), one lane per stage, seconds on the x axis."""
     panels = {name: spans_of(t) for name, t in timelines.items()}
     panels = {k: v for k, v in panels.items() if v}
     heights = [0.8 + 0.4 * len({s.lane for s in spans}) for spans in panels.values()] or [1.0]
-    fig, axes = plt.subplots(len(heights), 1, figsize=(10, 0.6 + sum(heights)), squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": heights})
+    fig = figure(figsize=(10, 0.6 + sum(heights)))
+    axes = fig.subplots(len(heights), 1, squeeze=False, sharex=True, gridspec_kw={"height_ratios": heights})
     for ax, (name, spans) in zip(axes[:, 0], panels.items()):
         lanes = list(dict.fromkeys(s.lane for s in spans))
         for s in spans:
@@ -69,7 +73,4 @@ def plot_timelines(timelines: dict[str, Any], path: str | Path, title: str = "")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_output(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return fig

@@ -146,6 +146,20 @@ class AccuracyReport:
             "token_agreement": _json_float(self.token_agreement),
         }
 
+    def table(self) -> str:
+        """The report as an aligned text table: one row per stage, then the end-to-end row."""
+        def num(x: float | None, spec: str) -> str:
+            return "-" if x is None else format(x, spec)
+
+        rows = [("stage", "rel L2", "cosine"), *((c.name, num(c.relative_l2, ".3g"), num(c.cosine, ".6f"))
+                                                 for c in self.components)]
+        width = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}" for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"end to end ({self.precision}): frame PSNR {num(self.frame_psnr, '.2f')} dB, "
+                     f"token agreement {num(self.token_agreement, '.3f')}")
+        return "\n".join(lines)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AccuracyReport:
         def num(x):

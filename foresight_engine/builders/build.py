@@ -6,13 +6,13 @@ engine's loader -> manifest last -> rename into place.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 
 from ..artifact import ComponentEntry, Manifest, build_atomically, cached, write_manifest
 from ..backends import Backend
@@ -23,9 +23,10 @@ from ..precision import Precision, PrecisionPolicy, apply_policy
 from . import fp8
 from .accuracy import AccuracyReport, AccuracyThresholds
 from .calibration import CalibrationSample, calibration_batches
-from .exporters import write_stages, write_weights
+from .exporters import EXPORTERS, write_stages, write_weights
 from .gate import enforce, measure
 from .plan import BuildPlan, resolve_plan
+from .progress import BuildProgress
 from .source import ModelSource, weights_hash
 
 log = logging.getLogger(__name__)
@@ -67,46 +68,56 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
           precision: str | Precision | PrecisionPolicy = "fp32", shape: BuildShape | None = None,
           steps: int | None = None, calibration: list[CalibrationSample] | None = None, gate: bool = True,
           thresholds: AccuracyThresholds | None = None, device: str = "cpu", dry_run: bool = False,
-          stages: tuple[str, ...] | None = None) -> BuildResult:
-    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring."""
+          stages: tuple[str, ...] | None = None, progress: bool = False) -> BuildResult:
+    """Build (or find in the cache) the artifact for `source` at `out_dir`. See the module docstring.
+    `progress`: a bar over the build's steps on stderr (shown only when stderr is a terminal)."""
     start = time.perf_counter()
     check_backend_available(backend, device)
     policy = resolve_policy(precision, backend, device)
-    reference = source if isinstance(source, GLPModel) else source.load()
-    if reference.device.type != "cpu":  # export, calibration and ONNX checks run on the CPU; `device` is the target
-        reference = copy.deepcopy(reference).to("cpu")
-    shape = shape or BuildShape.for_config(reference.config)
-    fp8_stages = [s for s in export_specs(reference.config).values()
-                  if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
-    batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
-    calib_hash = fp8.batches_digest(b for stage in sorted(batches) for b in batches[stage]) if batches else None
-    plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash, stages)
-    out_dir = Path(out_dir)
-    if dry_run:
-        return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,
-                           time.perf_counter() - start)
-    report: list[AccuracyReport] = []
+    with BuildProgress(progress) as bar:
+        with bar.step("load model"):
+            reference = source if isinstance(source, GLPModel) else source.load()
+        if reference.device.type != "cpu":  # export, calibration and ONNX checks run on the CPU; `device` the target
+            reference = copy.deepcopy(reference).to("cpu")
+        shape = shape or BuildShape.for_config(reference.config)
+        fp8_stages = [s for s in export_specs(reference.config).values()
+                      if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
+        with bar.step("plan"):
+            batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
+            calib_hash = fp8.batches_digest(b for st in sorted(batches) for b in batches[st]) if batches else None
+            plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash,
+                                stages)
+        out_dir = Path(out_dir)
+        if dry_run:
+            return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,
+                               time.perf_counter() - start)
+        exports = sum(s.backend in EXPORTERS for s in plan.stages.values())
+        bar.expect(2 + 1 + bool(fp8_stages) + exports + 1)  # load, plan; weights; calibrate; exports; gate
+        report: list[AccuracyReport] = []
 
-    def write(tmp: Path) -> Manifest:
-        model = copy.deepcopy(reference)
-        apply_policy(model.components(), policy)
-        write_weights(model, tmp)
-        scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
-        stages = write_stages(model, plan, tmp, scales)
-        components = {name: ComponentEntry(policy.of(name).value, stages[name]) for name in model.components()}
-        manifest = Manifest(plan.key, plan.factors, components)
-        manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
-        write_manifest(tmp, manifest)  # the loader verifies it; rewritten below with the accuracy report
-        accuracy = measure(reference, tmp, shape, policy, steps, device)
-        manifest.report["accuracy"] = accuracy.to_dict()
-        report.append(accuracy)
-        if gate:
-            enforce(accuracy, policy, reference.config, thresholds)
-        else:
-            log.warning("accuracy gate skipped (--no-gate); measured: %s", accuracy.to_dict())
-        return manifest
+        def write(tmp: Path) -> Manifest:
+            with bar.step("weights"):
+                model = copy.deepcopy(reference)
+                apply_policy(model.components(), policy)
+                write_weights(model, tmp)
+            with bar.step("fp8 calibration") if fp8_stages else contextlib.nullcontext():
+                scales = _calibrate(model, fp8_stages, shape, batches, policy, tmp)
+            stages = write_stages(model, plan, tmp, scales, bar.step)
+            components = {name: ComponentEntry(policy.of(name).value, stages[name]) for name in model.components()}
+            manifest = Manifest(plan.key, plan.factors, components)
+            manifest.report["build_seconds"] = round(time.perf_counter() - start, 3)
+            write_manifest(tmp, manifest)  # the loader verifies it; rewritten below with the accuracy report
+            with bar.step("accuracy gate"):
+                accuracy = measure(reference, tmp, shape, policy, steps, device)
+            manifest.report["accuracy"] = accuracy.to_dict()
+            report.append(accuracy)
+            if gate:
+                enforce(accuracy, policy, reference.config, thresholds)
+            else:
+                log.warning("accuracy gate skipped (--no-gate); measured:\n%s", accuracy.table())
+            return manifest
 
-    manifest, hit = build_atomically(out_dir, plan.key, write)
+        manifest, hit = build_atomically(out_dir, plan.key, write)
     accuracy = report[0] if report else AccuracyReport.from_dict(manifest.report["accuracy"])
     if hit and gate:
         # an artifact built earlier with --no-gate (or laxer thresholds) must not pass a gated build silently

@@ -1,23 +1,25 @@
-"""`foresight-engine build` and `foresight-engine inspect` (registered by `foresight_engine/cli.py`)."""
+"""`foresight-engine build` and `foresight-engine inspect` (registered by `foresight_engine/cli/__init__.py`)."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Callable
 
-from ..backends import Backend
-from ..precision import Precision
+from ..cli.model_args import DEFAULT_PRESET, add_model_args, check_model_args
+
+# The names of `backends.Backend` and `precision.Precision`, spelled out: those modules import torch, and the
+# parser must not (`--help` answers without it). tests/test_cli.py keeps these equal to the enums.
+BACKENDS = ("eager", "compile", "onnx", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
 
-def add_parsers(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    backends = [b.value for b in Backend]
-    p = sub.add_parser("build", help=f"build an optimized artifact ({' | '.join(backends)}) for Engine.load",
+def add_parsers(sub) -> None:
+    p = sub.add_parser("build", help=f"build an optimized artifact ({' | '.join(BACKENDS)}) for Engine.load",
                        description="Build every component into DIR (manifest.json + one folder per component). "
                                    "A second build with the same key is a cache hit and does nothing.")
     add_model_args(p)
-    p.add_argument("--backend", choices=backends, default="eager")
-    p.add_argument("--precision", choices=[p.value for p in Precision], default="fp32")
+    p.add_argument("--backend", choices=BACKENDS, default="eager")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--out", type=Path, required=True, help="artifact directory")
     p.add_argument("--frames", type=int, help="frames the denoising step and VAE are built for")
     p.add_argument("--height", type=int)
@@ -34,7 +36,9 @@ def add_parsers(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) 
     p.add_argument("--no-gate", action="store_true", help="build even when the accuracy gate fails (still reported)")
     p.add_argument("--max-rel-l2", type=float, help="accuracy gate: max relative L2 per stage (default: per precision)")
     p.add_argument("--min-psnr", type=float, help="accuracy gate: min end-to-end frame PSNR in dB")
-    p.set_defaults(func=_build)
+    p.set_defaults(func=_build, flags={"num_frames": "--frames", "height": "--height", "width": "--width",
+                                       "num_inference_steps": "--steps", "directory": "--out",
+                                       "preset": "--preset", "device": "--device"})
 
     p = sub.add_parser("inspect", help="print an artifact's manifest readably (and whether it verifies here)")
     p.add_argument("directory", type=Path)
@@ -60,9 +64,13 @@ def _build(args) -> int:
     from .source import ModelSource
 
     check_backend_available(args.backend, args.device)  # before loading anything
+    config = check_model_args(args)
+    if config is not None:  # a preset: its shape is checked before the model is built
+        BuildShape.for_config(config, args.height, args.width, args.frames)
     real = any([args.vlm, args.decoder, args.glue])
-    source = ModelSource(preset=None if real else (args.preset or "tiny"), seed=args.seed_weights, vlm=args.vlm,
-                         decoder=args.decoder, glue=args.glue, lora=args.lora, spatial=args.spatial)
+    source = ModelSource(preset=None if real else (args.preset or DEFAULT_PRESET), seed=args.seed_weights,
+                         vlm=args.vlm, decoder=args.decoder, glue=args.glue, lora=args.lora,
+                         spatial=args.spatial)
     model = source.load()
     shape = BuildShape.for_config(model.config, args.height, args.width, args.frames)
     if args.guidance:
@@ -70,28 +78,30 @@ def _build(args) -> int:
     result = build(model, args.out, backend=args.backend, precision=args.precision, shape=shape, steps=args.steps,
                    calibration=[CalibrationSample.parse(c) for c in args.calib] or None, gate=not args.no_gate,
                    thresholds=_thresholds(args, args.precision), device=args.device, dry_run=args.dry_run,
-                   stages=tuple(args.stages.split(",")) if args.stages else None)
+                   stages=tuple(args.stages.split(",")) if args.stages else None, progress=True)
     if args.dry_run:
         print(result.plan.describe(cache_hit=result.cache_hit))
         return 0
     print(f"{'cache hit' if result.cache_hit else 'built'}: {result.directory} (key {result.key[:16]}, "
           f"{result.seconds:.1f}s)")
     if result.accuracy is not None:
-        acc = result.accuracy
-        for c in acc.components:
-            print(f"  {c.name:10s} rel L2 {c.relative_l2:.3g}  cosine {c.cosine:.6f}")
-        print(f"  end-to-end frame PSNR {acc.frame_psnr:.2f} dB, token agreement {acc.token_agreement:.3f}")
+        print(result.accuracy.table())
     return 0
 
 
 def _inspect(args) -> int:
     from ..artifact import describe, read_manifest, verify
     from ..errors import ArtifactError
+    from .accuracy import AccuracyReport
     manifest = read_manifest(args.directory)
     if args.json:
         print(json.dumps(manifest.to_dict(), indent=2))
         return 0
     print(describe(manifest))
+    if "accuracy" in manifest.report:
+        print("  accuracy against eager fp32 (the build's gate):")
+        print("\n".join("    " + line for line in AccuracyReport.from_dict(manifest.report["accuracy"]).table()
+                                                      .splitlines()))
     try:
         verify(args.directory)
         print("  verifies here: yes")

@@ -13,7 +13,7 @@ import dataclasses
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch.export import Dim
@@ -127,9 +127,11 @@ EXPORTERS: dict[Backend, Callable[[ExportJob, StageEntry], StageEntry]] = {
 }
 
 
-def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
-                 scales: dict[str, fp8.Fp8Scales]) -> dict[str, dict[str, StageEntry]]:
-    """{component: {stage: entry}}; writes each built stage's files through its backend's exporter."""
+def write_stages(model: GLPModel, plan: BuildPlan, out: Path, scales: dict[str, fp8.Fp8Scales],
+                 step: Callable[[str], ContextManager] = lambda what: contextlib.nullcontext()
+                 ) -> dict[str, dict[str, StageEntry]]:
+    """{component: {stage: entry}}; writes each built stage's files through its backend's exporter. `step(what)`
+    wraps each export (the build's progress bar)."""
     specs = export_specs(model.config)
     components: dict[str, dict[str, StageEntry]] = {name: {} for name in model.components()}
     for name, stage in plan.stages.items():
@@ -139,7 +141,8 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path,
                            profile=stage.to_dict()["profile"], reason=stage.reason)
         exporter = EXPORTERS.get(stage.backend)
         if exporter is not None:
-            entry = exporter(ExportJob(model, specs[name], stage, plan, out, scales.get(name)), entry)
+            with step(f"export {name}"):
+                entry = exporter(ExportJob(model, specs[name], stage, plan, out, scales.get(name)), entry)
         components[stage.component][name] = entry
     return components
 

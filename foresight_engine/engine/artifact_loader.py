@@ -1,9 +1,10 @@
 """Load a built artifact (`foresight-engine build`): the eager weights as a `GLPModel` on the device, plus the
 built stages, each loaded by its backend's runner (`runners/`).
 
-Order matters: `artifact.verify` checks the manifest's versions, device and every file's size and sha256 before
-anything is deserialized (safetensors, ONNX, plans, processor files); weights move to the device once, after the
-precision policy is applied.
+Order matters: `artifact.verify` checks the artifact whole (manifest digest and key, stage backends, versions,
+device, every path confined and listed, every file's size and sha256, nothing unlisted) and the manifest's typed
+parts (config, precision policy, build shape, components) are parsed before anything is deserialized (safetensors,
+ONNX, plans, processor files); weights move to the device once, after the precision policy is applied.
 """
 from __future__ import annotations
 
@@ -17,26 +18,46 @@ from ..artifact import PROCESSOR_DIR, Manifest, verify, weights_file
 from ..backends import Backend
 from ..config import ModelConfig
 from ..device import resolve_device
+from ..errors import ArtifactError, ConfigError
 from ..models.export_spec import BuildShape
 from ..models.glp import GLPModel
 from ..models.weights import load_strict, read_safetensors
-from ..precision import PrecisionPolicy, apply_policy
+from ..precision import COMPONENTS, PrecisionPolicy, apply_policy
 from . import runners
 from .runners import BuiltStages, RunnerContext
 
 log = logging.getLogger(__name__)
 
 
-def load_artifact(directory: str | Path, device: str | torch.device | None = None
+def _typed_factors(manifest: Manifest) -> tuple[ModelConfig, PrecisionPolicy, BuildShape]:
+    """The manifest's config, precision policy and build shape, checked (before any file is read)."""
+    factors = manifest.factors
+    try:
+        config = ModelConfig.from_dict(factors.config)
+        policy = PrecisionPolicy.from_dict(factors.precision)
+        shape = BuildShape(**factors.shapes["build"])
+        shape.check(config)
+    except (ConfigError, TypeError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"rebuild needed: the manifest's factors do not describe a model this engine builds "
+                            f"({type(exc).__name__}: {exc})") from None
+    expected = set(COMPONENTS)
+    if set(manifest.components) != expected:
+        raise ArtifactError(f"rebuild needed: the manifest lists components {sorted(manifest.components)}, this "
+                            f"engine loads {sorted(expected)}")
+    return config, policy, shape
+
+
+def load_artifact(directory: str | Path, device: str | torch.device | None = None, digest: str | None = None
                   ) -> tuple[GLPModel, BuiltStages | None, Manifest]:
-    """Verify, then load the artifact at `directory` for `device` (default: the CPU). Raises
+    """Verify, then load the artifact at `directory` for `device` (default: the CPU); `digest`: the manifest digest
+    the caller trusts (`foresight-engine inspect` shows it), refused when it differs. Raises
     `ArtifactError("rebuild needed: ...")`; `built` is None when every stage runs eager."""
     directory = Path(directory)
     device = resolve_device(device)
-    manifest = verify(directory, device)
-    config = ModelConfig.from_dict(manifest.factors.config)
-    policy = PrecisionPolicy.from_dict(manifest.factors.precision)
-    processor = AutoProcessor.from_pretrained(directory / PROCESSOR_DIR)
+    manifest = verify(directory, device, digest)
+    config, policy, shape = _typed_factors(manifest)
+    # every file in processor/ is listed and hashed (verify refuses unlisted ones); never a download
+    processor = AutoProcessor.from_pretrained(directory / PROCESSOR_DIR, local_files_only=True)
     with torch.random.fork_rng(devices=[]):  # the skeleton's throw-away init must not move the caller's RNG
         model = GLPModel.build(config, processor)
     apply_policy(model.components(), policy)
@@ -44,7 +65,6 @@ def load_artifact(directory: str | Path, device: str | torch.device | None = Non
         tensors, _ = read_safetensors(directory / weights_file(name))
         load_strict(module, tensors, f"artifact component {name}")
     model.to(device)
-    shape = BuildShape(**manifest.factors.shapes["build"])
     context = RunnerContext(directory, device, model, shape, policy, manifest.factors.options)
     entries = {name: entry for name, entry in manifest.stages.items() if entry.built}
     built = None

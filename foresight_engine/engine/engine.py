@@ -15,7 +15,12 @@ artifact (`Engine.load`), the functions its backend's runners load (`engine/runn
   decoder family (`models/families.py`: the engine never names one); on CUDA it can be replayed as
   one CUDA graph (`cuda_graphs=True`, `graphs.py`); the text decode runs on one preallocated KV cache
   (`models/kv_cache.py`) per request in flight;
-- `cancel(id)` and `timeout_s` are checked at every denoising step and text token; `stream()` yields typed events.
+- `cancel(id)` and `timeout_s` are checked at every text token, every denoising step and, inside a step, before
+  every transformer block and every VAE block (`models/interrupts.py`: a host flag, no sync); waiting for a stage
+  lock counts against `timeout_s`; `shutdown()` cancels everything in flight; `stream()` yields typed events;
+- every request is validated and costed before any model runs (`request.py`: limits from
+  `config.generation.limits`, a budget in token passes, control tokens refused), and NaN/inf at a stage boundary
+  is a typed error naming the stage (`finite.py`).
 Results equal the eager reference: same tokens, frames within fp32 tolerance.
 """
 from __future__ import annotations
@@ -43,16 +48,19 @@ from ..device import resolve_device
 from ..errors import ArtifactError, ConfigError, GraphCaptureError, PromptError
 from ..models import denoising
 from ..models.glp import GLPModel
+from ..models.interrupts import add_interruption_points, interruptible
 from ..models.kv_cache import KVCache, attention_span, decode_step, default_length
 from ..models.stages import AdapterStage, DecodeStage, PrefillStage, SpatialStage, VAEDecodeStage, VisionStage
 from ..models.video_geometry import VideoGeometry
 from ..verify import verify
 from ..verify.clips import load_clip
 from .events import DenoiseStep, Done, Event, FramesReady, TextToken
+from .finite import FiniteGuard
 from .graphs import GraphedDenoiser
 from .kv_pool import KVCachePool
 from .prediction import Prediction, Timings
-from .request import (ImageInput, Settings, build_messages, check_prompt_length, load_images, resolve_settings)
+from .request import (ImageInput, Settings, TextGuard, build_messages, check_cost, check_prompt_length, load_images,
+                      resolve_settings)
 from .request_state import BranchAborted, RequestRegistry, RequestState
 from .runners import BuiltStages
 from .streams import BranchStreams
@@ -64,7 +72,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUNTIME_OPTIONS = ("device", "progress", "max_queue_size", "overlap", "static", "step_cache", "threads",
-                   "cuda_graphs", "max_seq_len")
+                   "cuda_graphs", "max_seq_len", "max_request_cost")
 
 
 @dataclass
@@ -103,13 +111,15 @@ class Engine:
     def __init__(self, model: GLPModel, *, device: str | torch.device | None = None, built: BuiltStages | None = None,
                  progress: bool = False, max_queue_size: int = 8, overlap: bool = True, static: bool = True,
                  step_cache: float | None = None, threads: ThreadSplit | None = None, cuda_graphs: bool = False,
-                 max_seq_len: int | None = None):
+                 max_seq_len: int | None = None, max_request_cost: int | None = None):
         """`device`: where weights and requests live (`cpu`, `cuda`, `cuda:N`; None: where the model's weights are,
         the CPU for a fresh model); the model is moved there, in place. `built`: stages loaded from an artifact
         (`Engine.load`). `overlap`: text and video branches at the same time. `static`: the static denoising plan
         (False: the plain transformer forward each step, the eager reference). `step_cache`: first-block-cache
         threshold (None: off). `cuda_graphs`: replay the denoising loop as a CUDA graph (needs device='cuda').
-        `max_seq_len`: KV cache slots per request (default: the prompt limit + the longest answer)."""
+        `max_seq_len`: KV cache slots per request (default: the prompt limit + the longest answer).
+        `max_request_cost`: the budget of one request in token passes (`request.RequestCost`; default: the config's
+        `generation.limits.max_cost`); costlier requests are refused (`RequestTooLarge`) before any model runs."""
         if step_cache is not None and not (isinstance(step_cache, (int, float)) and step_cache > 0):
             raise ConfigError(f"step_cache={step_cache!r} must be a threshold > 0 (or None to disable)")
         if step_cache is not None and (not static or (built is not None and "denoise" in built.functions)):
@@ -135,6 +145,14 @@ class Engine:
             raise ConfigError("cuda_graphs=True needs a graph-safe denoising step; this artifact's denoise stage runs "
                               f"on {built.backends['denoise'].value}, which a CUDA graph cannot capture")
         self.max_seq_len = self._cache_length(max_seq_len)
+        if max_request_cost is None:
+            max_request_cost = self.config.generation.limits.max_cost
+        if isinstance(max_request_cost, bool) or not isinstance(max_request_cost, int) or max_request_cost < 1:
+            raise ConfigError(f"max_request_cost={max_request_cost!r} must be an integer >= 1 (token passes)")
+        self.max_request_cost = max_request_cost
+        self.text_guard = TextGuard(model.tokenizer, self.config.processor.max_prompt_tokens)
+        for module in (model.video_decoder, model.vae):  # cancel/timeout land within one block of these
+            add_interruption_points(module)
         model.to(self.device)  # weights move once, after the precision policy and every check
         self._registry = RequestRegistry(max_queue_size)
         self._caches = KVCachePool(self.new_cache, max_queue_size)
@@ -194,12 +212,13 @@ class Engine:
         return cls(GLPModel.from_preset(name, seed), **kwargs)
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | torch.device | None = None, **kwargs) -> "Engine":
-        """An engine over a built artifact (`foresight-engine build`) on `device` (default: the CPU); its manifest,
-        versions, device and file hashes are verified before anything is deserialized
-        (`ArtifactError("rebuild needed: ...")` otherwise)."""
+    def load(cls, directory: str | Path, *, device: str | torch.device | None = None, digest: str | None = None,
+             **kwargs) -> "Engine":
+        """An engine over a built artifact (`foresight-engine build`) on `device` (default: the CPU); the artifact is
+        verified whole before anything is deserialized (`ArtifactError("rebuild needed: ...")` otherwise; see
+        `artifact.verify`). `digest`: the manifest digest you trust (`foresight-engine inspect` prints it)."""
         from .artifact_loader import load_artifact
-        model, built, _ = load_artifact(directory, device)
+        model, built, _ = load_artifact(directory, device, digest)
         return cls(model, device=model.device, built=built, **kwargs)
 
     @classmethod
@@ -287,6 +306,14 @@ class Engine:
         `RequestCancelled`). True if it was in flight; idempotent."""
         return self._registry.cancel(request_id)
 
+    def shutdown(self, reason: str = "the engine is shutting down", wait_s: float = 0.0) -> bool:
+        """Refuse new requests (`EngineClosed`) and cancel every one in flight (each stops within one block and
+        raises `EngineClosed(reason)` to its caller); wait up to `wait_s` for them to finish. True when none is left
+        in flight. Idempotent; a server calls it on SIGTERM."""
+        cancelled = self._registry.close(reason)
+        log.info("engine shutting down (%s): %d request(s) in flight cancelled", reason, cancelled)
+        return self._registry.wait_idle(wait_s)
+
     def session(self) -> "Session":
         """A multi-step conversation that reuses its KV cache from step to step."""
         from .session import Session
@@ -311,8 +338,8 @@ class Engine:
                  cache: KVCache | None) -> tuple[Prediction, PrefillOutput]:
         timings = Timings()
         spatial = self._spatial_branch(state, request, timings)  # beside vision + prefill (hybrid encoder only)
-        with (torch.inference_mode(), state.holding(self._front_lock), use_threads(self.threads.front),
-              self.streams.front()):
+        with (torch.inference_mode(), state.holding(self._front_lock, "vision+prefill"),
+              use_threads(self.threads.front), self.streams.front()):
             state.check()
             with _timed(timings, "vision", state.started):
                 image_embeds = self.vision(request, past.first_image if past else 0)
@@ -376,12 +403,15 @@ class Engine:
                       spatial: Callable[[], "torch.Tensor | None"] = lambda: None) -> tuple[np.ndarray, torch.Tensor]:
         try:
             threads = self.threads.video if self.overlap else self.threads.front
-            with (torch.inference_mode(), state.holding(self._video_lock), use_threads(threads),
-                  self.streams.branch("video", handoff, world_latent)):
+            guard = FiniteGuard()
+            with (torch.inference_mode(), state.holding(self._video_lock, "video"), use_threads(threads),
+                  self.streams.branch("video", handoff, world_latent), interruptible(state.check)):
                 state.check()
+                guard.watch("prefill", world_latent)
                 spatial_features = spatial()
                 with _timed(timings, "adapter", state.started):
                     conditioning, conditioning_mask = self.adapt(world_latent, spatial_features)
+                guard.watch("adapter", conditioning)
                 generator = torch.Generator("cpu").manual_seed(request.settings.seed)  # CPU: same noise everywhere
 
                 def on_step(step: int, total: int) -> None:
@@ -390,10 +420,13 @@ class Engine:
 
                 with _timed(timings, "denoise", state.started):
                     latents = self.denoise(request, conditioning, conditioning_mask, generator, on_step,
-                                           exclusive=lambda: state.holding(self._front_lock))
+                                           exclusive=lambda: state.holding(self._front_lock, "vision+prefill"))
+                guard.watch("denoise", latents)  # after the whole loop: once, also after a CUDA graph's replay
                 state.check()  # a cancelled request skips its VAE decode
                 with _timed(timings, "vae", state.started):
-                    frames = self.decode_video(latents, request.geometry, generator)
+                    frames = self.decode_video(latents, request.geometry, generator, guard)
+            s = request.settings
+            guard.check(f" (guidance_scale={s.guidance_scale}, seed={s.seed})")
             state.emit(FramesReady(state.request_id, frames))
             return frames, request.geometry.grid.unpack(latents)[0]
         except BaseException:
@@ -427,11 +460,12 @@ class Engine:
         """Validate everything and run the (cheap) processor; raises before any model runs."""
         s = resolve_settings(self.config, **settings)
         geometry = VideoGeometry.of(self.config, s.height, s.width, s.num_frames, s.frame_rate)
+        check_cost(s, geometry.grid.num_tokens, self.max_request_cost)
         if self.built is not None:  # built (fixed-shape) stages refuse other shapes here, before any model runs
-            self.built.check(self.config, geometry, 2 if s.guidance_scale > 1 else 1)
+            self.built.check(self.config, geometry, s.cfg_batch)
         actual_frames = None if actual is None else load_clip(actual, "actual")
-        pil = load_images(images, self.config.processor.max_images)
-        chat = build_messages(prompt, messages, len(pil))
+        pil = load_images(images, self.config.processor.max_images, self.config.generation.limits.max_image_pixels)
+        chat = build_messages(prompt, messages, len(pil), self.text_guard)
         processor = self.model.processor
         text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         enc = processor(text=[text], images=pil, return_tensors="pt")
@@ -519,11 +553,15 @@ class Engine:
                 step(i + 1, loop.num_steps)
             return latents
 
-    def decode_video(self, latents: torch.Tensor, geometry: VideoGeometry, generator: torch.Generator) -> np.ndarray:
-        """Packed latents -> uint8 frames [F, H, W, 3] (the one host copy of the video)."""
+    def decode_video(self, latents: torch.Tensor, geometry: VideoGeometry, generator: torch.Generator,
+                     guard: FiniteGuard | None = None) -> np.ndarray:
+        """Packed latents -> uint8 frames [F, H, W, 3] (the one host copy of the video); `guard` watches the decoded
+        video before it is clamped (NaN would turn into black frames)."""
         latents = geometry.grid.unpack(latents)
         noise = self.model.vae.decode_noise(latents.shape, generator, self.device)
         video = self.stages["vae_decode"](latents) if noise is None else self.stages["vae_decode"](latents, noise)
+        if guard is not None:
+            guard.watch("vae_decode", video)
         video = (video[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0)  # [F, H, W, 3]
         return (video * 255).round().to(torch.uint8).cpu().numpy()
 

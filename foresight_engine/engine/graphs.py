@@ -19,6 +19,7 @@ import torch
 
 from ..errors import DeviceUnavailable, GraphCaptureError
 from ..models.denoising import DenoiseLoop, VelocityModel, VelocityState, denoise
+from ..models.interrupts import interruptible
 
 
 def check_capturable(tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -75,7 +76,7 @@ class GraphedDenoiser:
             denoise(model, state, loop)  # warm-up outside the graph (allocator, cuBLAS handles, lazy init)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            denoise(model, state, loop)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"), interruptible(None):
+            denoise(model, state, loop)  # no interruption points inside a capture: a cancel lands after the replay
         loop.latents.copy_(start)
         return graph

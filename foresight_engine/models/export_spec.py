@@ -69,6 +69,32 @@ class BuildShape:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self, other: "BuildShape | None" = None) -> str:
+        """`9 frames at 64x64` (height x width); frame rate and guidance too where they differ from `other`."""
+        text = f"{self.num_frames} frames at {self.height}x{self.width}"
+        if other is not None and other.frame_rate != self.frame_rate:
+            text += f", {self.frame_rate} fps"
+        if other is not None and other.guidance != self.guidance:
+            text += ", with classifier-free guidance" if self.guidance else ", without guidance"
+        return text
+
+    def mismatch(self, asked: "BuildShape") -> str | None:
+        """Why a request of shape `asked` cannot run on stages built for this shape, naming the request arguments
+        to change either way (None when it can). Prompt length and answer length are profile ranges, not fixed."""
+        differ = [(n, getattr(self, n), getattr(asked, n)) for n in ("num_frames", "height", "width")
+                  if getattr(self, n) != getattr(asked, n)]
+        rebuild = [f"{n}={a}" for n, _, a in differ]
+        ask = [f"{n}={b}" for n, b, _ in differ]
+        if self.frame_rate != asked.frame_rate:  # builds take the preset's frame rate (it sets the RoPE scale)
+            ask.append(f"frame_rate={self.frame_rate}")
+        if self.guidance != asked.guidance:
+            rebuild.append("classifier-free guidance" if asked.guidance else "no guidance")
+            ask.append("guidance_scale=2 (any value > 1)" if self.guidance else "guidance_scale=1")
+        if not ask:
+            return None
+        return (f"this artifact is built for {self.describe(asked)}; the request asks for {asked.describe(self)}: "
+                + (f"rebuild with {', '.join(rebuild)} or " if rebuild else "") + f"ask for {', '.join(ask)}")
+
 
 @dataclass(frozen=True)
 class ExportSpec:

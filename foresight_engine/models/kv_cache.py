@@ -27,7 +27,7 @@ StageFn = Callable[..., tuple[torch.Tensor, ...]]
 def default_length(config: ModelConfig) -> int:
     """The engine's cache length from the config: the prompt limit plus room for the query tokens (read on top of
     the prompt) or the longest answer, within the language model's context."""
-    room = max(config.adapter.num_query_tokens, config.generation.max_new_tokens_limit)
+    room = max(config.adapter.num_query_tokens, config.generation.limits.max_new_tokens)
     return min(config.text.max_position_embeddings, config.processor.max_prompt_tokens + room)
 
 

@@ -7,7 +7,8 @@ change across steps. `StaticVelocity.prepare` computes it once per request (`Den
 - the caption projection and every block's cross-attention keys/values of the conditioning, and its mask bias;
 - the RoPE cos/sin table of the latent grid.
 `velocity` then runs the transformer's own blocks (their submodules and weights) with fixed shapes and no host
-read, so the shared loop (`denoising.py`: CFG and the Euler update) can be captured as one CUDA graph.
+read (an interruption point before each block checks a host flag only: `interrupts.py`), so the shared loop
+(`denoising.py`: CFG and the Euler update) can be captured as one CUDA graph.
 
 An optional first-block cache (`step_cache`): when the first block's residual changed less than the threshold
 (relative mean absolute change) since the last fully computed step, the other blocks are skipped and their last
@@ -24,6 +25,7 @@ from torch.nn import functional as F
 
 from .. import kernels
 from .denoising import Schedule
+from .interrupts import interruption_point
 from .video_geometry import VideoGeometry
 
 
@@ -107,11 +109,13 @@ class StaticVelocity(TransformerVelocity):
         h_in = tr.proj_in(latents.to(tr.dtype))  # [B, S, D]
         blocks = tr.transformer_blocks
         ada = [self._ada(plan, table, i) for table in plan.block_ada]
+        interruption_point()  # before every block: a cancel lands within one block (host flag, no sync)
         h = self._block(blocks[0], h_in, ada[0], plan.rope, plan.cross_kv[0], plan.cross_bias, plan.ops)
         cache = plan.step_cache
         if cache is None or not cache.try_reuse(h_in, h):
             first = h
             for j in range(1, len(blocks)):
+                interruption_point()
                 h = self._block(blocks[j], h, ada[j], plan.rope, plan.cross_kv[j], plan.cross_bias, plan.ops)
             if cache is not None:
                 cache.store(h_in, first, h)

@@ -1,15 +1,18 @@
 """`create_app(engine)`: the HTTP/WebSocket API of one engine, as a FastAPI app.
 
 Routes: POST /v1/predict, WS /v1/stream, GET /v1/videos/{id}, GET /healthz, GET /readyz, GET /metrics.
-Engine calls run on worker threads; a client that goes away has its request cancelled at the next step.
+Engine calls run on worker threads; a client that goes away has its request cancelled (it stops within one block).
+At shutdown (the lifespan's end, or `close()`: `foresight-engine serve` calls it on SIGTERM) the app refuses new
+requests and cancels its requests in flight, whose clients get a 503.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -17,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..engine.events import Done
 from ..engine.prediction import Prediction
+from ..errors import EngineClosed, RequestCancelled
 from .metrics import ServeMetrics
 from .options import ServeOptions
 from .protocol import (CLIENT_CLOSED, ClientRequest, Rejected, encode_base64, error_detail, error_status,
@@ -32,8 +36,9 @@ class Warmup:
     """One small predict() before the app reports ready; started at startup, or by the first /readyz when the
     app is mounted in another one (mounted apps get no lifespan events)."""
 
-    def __init__(self, engine, runner: EngineRunner, options: ServeOptions):
-        self._engine, self._runner = engine, runner
+    def __init__(self, engine, runner: EngineRunner, options: ServeOptions,
+                 tracking: Callable[[str], ContextManager[None]]):
+        self._engine, self._runner, self._tracking = engine, runner, tracking
         self._enabled = options.warmup
         gen = engine.config.generation
         self.settings = {"height": gen.height, "width": gen.width, "num_frames": gen.num_frames,
@@ -48,7 +53,9 @@ class Warmup:
 
     def _run(self) -> None:
         image = np.full((self.settings["height"], self.settings["width"], 3), 128, np.uint8)
-        self._engine.predict(image, "warm-up", **self.settings)
+        request_id = f"warm-up-{uuid.uuid4().hex}"
+        with self._tracking(request_id):
+            self._engine.predict(image, "warm-up", request_id=request_id, **self.settings)
         log.info("engine warmed up with %s", self.settings)
 
     def status(self) -> str:
@@ -72,7 +79,40 @@ class _Server:
         self.runner = EngineRunner(options.worker_threads)
         self.videos = VideoStore(options.video_store_items, options.video_store_bytes)
         self.metrics = ServeMetrics(lambda: engine.in_flight)
-        self.warmup = Warmup(engine, self.runner, options)
+        self.warmup = Warmup(engine, self.runner, options, self.tracking)
+        self.closing: str | None = None  # why the app no longer takes requests
+        self._in_flight: set[str] = set()  # this app's requests (the engine may serve others too)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def tracking(self, request_id: str):
+        """Count `request_id` as this app's while the body runs; refused (503) once the app is closing."""
+        with self._lock:
+            if self.closing is not None:
+                raise EngineClosed(f"{self.closing}: not taking new requests")
+            self._in_flight.add(request_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard(request_id)
+
+    def close(self, reason: str = "the server is shutting down") -> int:
+        """Refuse new requests and cancel this app's requests in flight (each stops within one block); returns how
+        many. Thread-safe (a signal handler's thread calls it)."""
+        with self._lock:
+            self.closing = reason
+            request_ids = list(self._in_flight)
+        for request_id in request_ids:
+            self.engine.cancel(request_id)
+        log.info("%s: cancelled %d request(s) in flight", reason, len(request_ids))
+        return len(request_ids)
+
+    def as_served(self, exc: BaseException) -> BaseException:
+        """A request cancelled because the app is closing is a 503 (retry elsewhere), not a client's 499."""
+        if self.closing is not None and isinstance(exc, RequestCancelled) and not isinstance(exc, EngineClosed):
+            return EngineClosed(f"{exc}: {self.closing}")
+        return exc
 
     def call_kwargs(self, request: ClientRequest, request_id: str) -> dict[str, Any]:
         return {"images": request.images, "request_id": request_id, **request.kwargs}
@@ -91,10 +131,11 @@ class _Server:
         return prediction_body(request_id, prediction, video)
 
     def error_response(self, exc: BaseException) -> JSONResponse:
+        exc = self.as_served(exc)
         status = error_status(exc)
-        if status >= 500:
+        if status == 500:
             log.error("request failed", exc_info=exc)
-        headers = {"Retry-After": str(self.options.retry_after_s)} if status == 429 else None
+        headers = {"Retry-After": str(self.options.retry_after_s)} if status in (429, 503) else None
         return JSONResponse({"detail": error_detail(exc, status)}, status_code=status, headers=headers)
 
 
@@ -107,6 +148,7 @@ def create_app(engine, **options) -> FastAPI:
     async def lifespan(_app: FastAPI):
         server.warmup.start()
         yield
+        server.close()
         server.runner.shutdown()
 
     app = FastAPI(title="foresight-engine", lifespan=lifespan)
@@ -171,11 +213,12 @@ async def _predict_until_disconnect(server: _Server, request: Request, client_re
         log.info("client of request %s disconnected: cancelling it", request_id)
         server.engine.cancel(request_id)
 
-    watcher = asyncio.create_task(cancel_on_disconnect())
-    try:
-        return await server.runner.call(server.engine.predict, **server.call_kwargs(client_request, request_id))
-    finally:
-        watcher.cancel()
+    with server.tracking(request_id):
+        watcher = asyncio.create_task(cancel_on_disconnect())
+        try:
+            return await server.runner.call(server.engine.predict, **server.call_kwargs(client_request, request_id))
+        finally:
+            watcher.cancel()
 
 
 async def _stream(server: _Server, websocket: WebSocket) -> None:
@@ -206,28 +249,30 @@ async def _stream(server: _Server, websocket: WebSocket) -> None:
                      "disconnected" if client_gone.is_set() else "asked to cancel")
             server.engine.cancel(request_id)
 
-        watcher = asyncio.create_task(cancel_on_disconnect())
         kwargs = server.call_kwargs(client_request, request_id)
-        async for event in server.runner.iterate(lambda: server.engine.stream(**kwargs)):
-            if isinstance(event, Done):
-                body = await server.result(request_id, event.prediction, client_request.video,
-                                           lambda vid: websocket.url_for("video", video_id=vid).path)
-                await websocket.send_json({"type": "done", **body})
-                status = 200
-            else:
-                await websocket.send_json(event_message(event))
+        with server.tracking(request_id):
+            watcher = asyncio.create_task(cancel_on_disconnect())
+            async for event in server.runner.iterate(lambda: server.engine.stream(**kwargs)):
+                if isinstance(event, Done):
+                    body = await server.result(request_id, event.prediction, client_request.video,
+                                               lambda vid: websocket.url_for("video", video_id=vid).path)
+                    await websocket.send_json({"type": "done", **body})
+                    status = 200
+                else:
+                    await websocket.send_json(event_message(event))
     except WebSocketDisconnect:
         client_gone.set()
         server.engine.cancel(request_id)
     except Exception as exc:
+        exc = server.as_served(exc)
         error = error_status(exc)
-        if error >= 500:
+        if error == 500:
             log.error("stream request %s failed", request_id, exc_info=exc)
         if not client_gone.is_set():
             try:
                 message = {"type": "error", "request_id": request_id, "status": error,
                            "detail": error_detail(exc, error)}
-                if error == 429:
+                if error in (429, 503):
                     message["retry_after_s"] = server.options.retry_after_s
                 await websocket.send_json(message)
                 status = error

@@ -1,4 +1,8 @@
-"""The wire format: request settings in, JSON messages out, and which HTTP status each failure maps to."""
+"""The wire format: request settings in, JSON messages out, and which HTTP status each failure maps to.
+
+Every typed error maps to a 4xx (the client can fix or retry it: 422 invalid, 429 busy, 499 cancelled) or to 503
+(shutting down) / 504 (timeout); a 500 means an unexpected exception, a bug.
+"""
 from __future__ import annotations
 
 import base64
@@ -9,13 +13,15 @@ from typing import Any
 
 from ..engine.events import DenoiseStep, FramesReady, TextToken
 from ..engine.prediction import Prediction
-from ..errors import ConfigError, InvalidInputError, QueueFull, RequestCancelled, RequestTimeout
+from ..errors import (ArtifactError, ConfigError, EngineClosed, InvalidInputError, NonFiniteError, QueueFull,
+                      RequestCancelled, RequestTimeout)
 from .options import VIDEO_MODES
 
 # predict()'s keyword arguments a client may set (images come as uploads, request_id is the server's).
 PREDICT_SETTINGS = ("prompt", "messages", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
                     "max_new_tokens", "seed", "frame_rate", "timeout_s")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client went away and the request was cancelled
+MAX_JSON_DEPTH = 8  # settings nest 5 deep at most ({messages: [{content: [{text}]}]})
 
 
 class Rejected(Exception):
@@ -53,10 +59,28 @@ def parse_settings(settings: Any, images: list[bytes], default_video: str, max_i
 
 
 def parse_settings_field(text: str | bytes) -> Any:
+    """A JSON value (its size is bounded by the upload limit), refused when it nests deeper than `MAX_JSON_DEPTH`."""
     try:
-        return json.loads(text)  # bytes: UTF-8 (or -16/-32), as JSON allows
+        value = json.loads(text)  # bytes: UTF-8 (or -16/-32), as JSON allows
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Rejected(422, f"settings is not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses per level: thousands of levels exhaust the stack
+        raise Rejected(422, f"settings nest deeper than {MAX_JSON_DEPTH} levels") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise Rejected(422, f"settings nest deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests objects/arrays deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def parse_stream_message(text: str | bytes, default_video: str, max_images: int) -> ClientRequest:
@@ -77,15 +101,19 @@ def parse_stream_message(text: str | bytes, default_video: str, max_images: int)
 
 
 def error_status(exc: BaseException) -> int:
-    """The HTTP status of an engine error; 500 for anything unexpected."""
+    """The HTTP status of an engine error; 500 for anything unexpected (a bug)."""
     if isinstance(exc, Rejected):
         return exc.status
     if isinstance(exc, QueueFull):
         return 429
-    if isinstance(exc, (InvalidInputError, ConfigError)):
+    # invalid settings or text; over the budget; a shape a built artifact was not built for; a request whose
+    # settings drove the model to NaN/inf (the message names the stage)
+    if isinstance(exc, (InvalidInputError, ConfigError, ArtifactError, NonFiniteError)):
         return 422
     if isinstance(exc, RequestTimeout):
         return 504
+    if isinstance(exc, EngineClosed):
+        return 503
     if isinstance(exc, RequestCancelled):
         return CLIENT_CLOSED
     return 500
@@ -93,7 +121,8 @@ def error_status(exc: BaseException) -> int:
 
 def error_detail(exc: BaseException, status: int) -> str:
     # Engine errors name the bad value; an unexpected failure's message stays in the server log.
-    return str(exc) if status < 500 or isinstance(exc, RequestTimeout) else "internal error (see the server log)"
+    return str(exc) if status < 500 or isinstance(exc, (RequestTimeout, EngineClosed)) \
+        else "internal error (see the server log)"
 
 
 def event_message(event: TextToken | DenoiseStep | FramesReady) -> dict[str, Any]:

@@ -61,15 +61,13 @@ def build_deployment(source: EngineSource, *, app_options: dict[str, Any] | None
 
 def app(args: dict[str, str]):
     """`serve run foresight_engine.serve.ray:app engine_dir=DIR | preset=P [device=cuda seed=K max_queue_size=N
-    num_replicas=N]`: Ray Serve's application-builder entry point (its arguments arrive as strings).
+    max_request_cost=N num_replicas=N]`: Ray Serve's application-builder entry point (its arguments arrive as strings).
     `device` goes to the engine (each GPU replica sees only its own GPU, as `cuda`)."""
-    known = {"engine_dir", "preset", "device", "seed", "max_queue_size", "num_replicas"}
+    known = {"engine_dir", "preset", "device", "seed", "max_queue_size", "max_request_cost", "num_replicas"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ConfigError(f"unknown argument(s) {unknown}; known: {sorted(known)}")
-    engine_kwargs: dict[str, object] = {}
-    if "max_queue_size" in args:
-        engine_kwargs["max_queue_size"] = int(args["max_queue_size"])
+    engine_kwargs: dict[str, object] = {k: int(args[k]) for k in ("max_queue_size", "max_request_cost") if k in args}
     source = EngineSource(engine_dir=args.get("engine_dir"), preset=args.get("preset"),
                           seed=int(args.get("seed", 0)), device=args.get("device"), engine_kwargs=engine_kwargs)
     replicas = int(args["num_replicas"]) if "num_replicas" in args else None

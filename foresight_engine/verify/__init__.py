@@ -12,7 +12,7 @@ _EXPORTS = {
     "verify": ".compare",
     "Verification": ".result",
     "TemporalConsistency": ".result",
-    "LPIPS_NETS": ".lpips_backbone",
+    "LPIPS_NETS": ".lpips_names",
     "LpipsWeights": ".lpips_backbone",
     "convert": ".lpips_backbone",
     "load_lpips": ".lpips_backbone",

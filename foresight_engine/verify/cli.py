@@ -5,9 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..video_io import atomic_output
-from .compare import verify
-from .lpips_backbone import LPIPS_NETS, WEIGHTS_ENV
+from .lpips_names import LPIPS_NETS, WEIGHTS_ENV
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,14 +18,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--lpips-weights", type=Path, default=None,
                         help=f"directory of LPIPS safetensors weights (default: ${WEIGHTS_ENV}); without it LPIPS "
                              "is skipped")
-    parser.add_argument("--plot", type=Path, default=None, help="write per-frame curves to this .png")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="write per-frame curves to this .png (needs the [plot] extra)")
     parser.add_argument("--json", type=Path, default=None, help="write all metrics to this .json")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, flags={"predicted": "--pred", "actual": "--actual", "plot": "--plot",
+                                         "lpips_net": "--lpips-net"})
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Print a summary of the comparison and optionally write JSON; typed errors propagate to the main CLI."""
+    from ..video_io import atomic_output
+    from .compare import verify
     result = verify(args.pred, args.actual, lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
                     plot=args.plot)
     print(result.summary())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, VideoError
 from ..video_io import check_frames, read_video
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,10 @@ _RESIZE_BATCH = 16  # frames per interpolate call: bounds float32 memory for lon
 def load_clip(clip: Clip, name: str) -> np.ndarray:
     """`clip` as uint8 [F, H, W, 3]: validated if an array, decoded if a path; errors name `name` or the path."""
     if isinstance(clip, (str, os.PathLike)):
-        return read_video(clip)[0]
+        try:
+            return read_video(clip)[0]
+        except VideoError as exc:  # its message names the path; `argument` says which argument gave it
+            raise VideoError(str(exc), argument=name) from None
     if not isinstance(clip, np.ndarray):
         raise InvalidInputError(f"{name} must be a uint8 array [F, H, W, 3] or a video path, got {type(clip).__name__}")
     return check_frames(clip, name)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError, WeightsMissingError
+from ..plotting import require_matplotlib
 from . import metrics
 from .clips import Clip, align, load_clip
 from .lpips_backbone import MIN_SIDE, check_net, load_lpips, locate_lpips_weights
@@ -32,6 +33,8 @@ def verify(predicted: Clip, actual: Clip, *, lpips_net: str = "alex",
     check_net(lpips_net)
     if plot is not None and Path(plot).suffix.lower() != ".png":
         raise InvalidInputError(f"plot must be a .png path, got {str(plot)!r}")
+    if plot is not None:
+        require_matplotlib()  # before the metrics, not after
     pred, act, alignment = align(load_clip(predicted, "predicted"), load_clip(actual, "actual"))
     n_frames, height, width, _ = pred.shape  # [F, H, W, 3], equal for both after alignment
     if min(height, width) < metrics.SSIM_WINDOW:

@@ -44,11 +44,10 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidInputError, WeightsError, WeightsMissingError
 from ..video_io import atomic_output
+from .lpips_names import LPIPS_NETS, WEIGHTS_ENV
 
 logger = logging.getLogger(__name__)
 
-LPIPS_NETS = ("alex", "vgg")
-WEIGHTS_ENV = "FORESIGHT_LPIPS_WEIGHTS"
 # Smallest frame side for which every trunk slice still has >= 1 output pixel (probed on lpips 0.1.4).
 MIN_SIDE = {"alex": 31, "vgg": 16}
 CONVERT_COMMAND = "python -m foresight_engine.verify.lpips_backbone convert --net {net} --out DIR"
@@ -172,6 +171,15 @@ def _hub_checkpoint(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
+def _where_to_get_trunk(net: str) -> str:
+    """How to obtain torchvision's ImageNet trunk: its own download, run once on a machine with internet."""
+    weights = _TORCHVISION_WEIGHTS[net]
+    builder = {"alex": "alexnet", "vgg": "vgg16"}[net]
+    return (f"It is torchvision's {builder} {weights.name} checkpoint ({weights.url}); on a machine with internet, "
+            f"`python -c \"import torchvision; torchvision.models.{builder}(weights='{weights.name}')\"` downloads "
+            f"it into the torch hub cache ({_hub_checkpoint(net).parent}), where this converter looks by default")
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     """A local .pth state dict, unpickled with `weights_only=True` (tensors and containers only)."""
     try:
@@ -189,9 +197,12 @@ def convert(net: str, out: str | os.PathLike[str], torchvision_checkpoint: str |
     check_net(net)
     trunk_path = Path(torchvision_checkpoint) if torchvision_checkpoint else _hub_checkpoint(net)
     lin_path = Path(lin_checkpoint) if lin_checkpoint else Path(lpips.__file__).parent / f"weights/v0.1/{net}.pth"
-    for path, flag in ((trunk_path, "--torchvision-checkpoint"), (lin_path, "--lin-checkpoint")):
-        if not path.is_file():
-            raise WeightsMissingError(f"checkpoint {str(path)!r} not found; give its location with {flag}")
+    if not trunk_path.is_file():
+        raise WeightsMissingError(f"checkpoint {str(trunk_path)!r} not found; give its location with "
+                                  f"--torchvision-checkpoint. {_where_to_get_trunk(net)}")
+    if not lin_path.is_file():
+        raise WeightsMissingError(f"checkpoint {str(lin_path)!r} not found (the lpips wheel ships it); give its "
+                                  "location with --lin-checkpoint")
     trunk = _torch_load(trunk_path)
     # A full torchvision model state dict prefixes the trunk with "features." (and adds the classifier).
     if any(k.startswith("features.") for k in trunk):

@@ -1,22 +1,26 @@
-"""Per-frame PSNR / SSIM / LPIPS curves as a PNG (matplotlib's Agg canvas: no display, no pyplot state)."""
+"""Per-frame PSNR / SSIM / LPIPS curves (a figure, or a PNG file); needs the `[plot]` extra (matplotlib)."""
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from ..video_io import atomic_output
+from ..plotting import figure, save_png
 from .result import Verification
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def save_plot(result: Verification, path: str | os.PathLike[str]) -> Path:
-    """Write three stacked curves over frame index to the .png `path` (atomically); returns `path`."""
-    path = Path(path)
-    fig = Figure(figsize=(8, 7), constrained_layout=True)
-    FigureCanvasAgg(fig)
+    """Write `curves_figure(result)` to the .png `path` (atomically); returns `path`."""
+    return save_png(curves_figure(result), path)
+
+
+def curves_figure(result: Verification) -> Figure:
+    """Three stacked curves over frame index: PSNR, SSIM, LPIPS (or why LPIPS is missing)."""
+    fig = figure(figsize=(8, 7), constrained_layout=True)
     ax_psnr, ax_ssim, ax_lpips = fig.subplots(3, 1, sharex=True)
     x = range(result.frames)
 
@@ -34,7 +38,4 @@ def save_plot(result: Verification, path: str | os.PathLike[str]) -> Path:
     ax_lpips.set_title(f"LPIPS ({result.lpips_net}, lower is closer)")
     ax_lpips.set_xlabel("frame")
     fig.suptitle(f"predicted vs actual; alignment: {result.alignment}", fontsize=8, wrap=True)
-
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return fig

@@ -6,7 +6,7 @@ per stage; builders only write the files these load.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -59,14 +59,18 @@ class BuiltStages:
         return self.backends[stage].spec.graphable
 
     def check(self, config: ModelConfig, geometry: VideoGeometry, batch: int) -> None:
-        """Refuse (`ArtifactError`, before any model runs) a request whose shapes a built stage was not built for."""
+        """Refuse (`ArtifactError`, before any model runs) a request whose shapes a built stage was not built for,
+        naming the request arguments to change either way ("built for 9 frames at 64x64; ... ask for ...")."""
         built = self.shape.geometry(config)
+        asked = BuildShape(height=geometry.height, width=geometry.width, num_frames=geometry.num_frames,
+                           frame_rate=geometry.frame_rate, guidance=batch == 2)
         if "denoise" in self.functions and (geometry, batch) != (built, self.shape.batch):
-            raise ArtifactError(f"rebuild needed: this artifact's denoising step is built for (geometry, batch) "
-                                f"{(built, self.shape.batch)}; the request needs {(geometry, batch)} (build with the "
-                                "request's --frames/--height/--width, and guidance on or off as requested)")
+            raise ArtifactError(self.shape.mismatch(asked) or f"this artifact's denoising step is built for "
+                                f"(geometry, batch) {(built, self.shape.batch)}; the request needs {(geometry, batch)}")
         if "vae_decode" in self.functions and geometry.latent_shape != built.latent_shape:
-            raise ArtifactError(f"rebuild needed: this artifact's VAE decode is built for latents "
+            # the VAE decode depends on the latent grid only: frame rate and guidance are not the mismatch
+            asked = replace(asked, frame_rate=self.shape.frame_rate, guidance=self.shape.guidance)
+            raise ArtifactError(self.shape.mismatch(asked) or f"this artifact's VAE decode is built for latents "
                                 f"{built.latent_shape}, the request needs {geometry.latent_shape}")
 
 
