@@ -2,11 +2,11 @@
 and the typed manifest both sides read and write.
 
 Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `backbone/`, `adapter/`,
-`video_decoder/`, `vae/`) holding `weights.safetensors` and the files of its built stages (`<stage>.onnx`,
-`<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer and image processor). The manifest keeps the
-raw key factors (`KeyFactors`), their hash (`key`), what each component was built as (`ComponentEntry`, one
-`StageEntry` per stage), the sha256 and size of every file, and a `digest` of all of that. A cache hit is a key
-match of a verified artifact, never a directory that exists.
+`video_decoder/`, `vae/`, and `spatial_encoder/` with the hybrid encoder) holding `weights.safetensors` and the
+files of its built stages (`<stage>.onnx`, `<stage>.plan`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer
+and image processor). The manifest keeps the raw key factors (`KeyFactors`), their hash (`key`), what each
+component was built as (`ComponentEntry`, one `StageEntry` per stage), the sha256 and size of every file, and a
+`digest` of all of that. A cache hit is a key match of a verified artifact, never a directory that exists.
 
 `verify` checks the artifact whole before anything in it is deserialized: the manifest's digest (every field the
 loader reads: factors, components, files table; optionally against a digest the caller pins), its key, every
@@ -44,7 +44,8 @@ from .precision import COMPONENTS
 
 log = logging.getLogger(__name__)
 
-FORMAT = "foresight-artifact-v3"  # v3: manifest digest, every file confined to the directory and listed
+FORMAT = "foresight-artifact-v4"  # v3: manifest digest, every file listed; v4: the config's decoder is a
+# discriminated section (`decoder.family`), the optional `spatial_encoder` component
 MANIFEST = "manifest.json"
 PROCESSOR_DIR = "processor"
 WEIGHTS_FILE = "weights.safetensors"
@@ -476,8 +477,7 @@ def describe(manifest: Manifest) -> str:
              f"  digest:     {manifest.digest}  (pin it: Engine.load(DIR, digest=...))",
              f"  model:      {f.config.get('name')}   weights sha256 {f.weights_hash[:16]}",
              f"  backend:    {f.backend}  options {f.options}",
-             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in
-                                           ("vision_tower", "backbone", "adapter", "video_decoder", "vae")),
+             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in manifest.components),
              f"  shape:      {f.shapes.get('build')}",
              f"  device:     {f.device.get('type')} {f.device.get('name')!r} sm={f.device.get('sm')}",
              "  toolchain:  " + ", ".join(f"{k} {v}" for k, v in f.toolchain.items() if v),

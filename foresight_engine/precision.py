@@ -20,7 +20,7 @@ import torch
 
 from .errors import ConfigError
 
-COMPONENTS = ("vision_tower", "backbone", "adapter", "video_decoder", "vae")
+COMPONENTS = ("vision_tower", "backbone", "adapter", "video_decoder", "vae", "spatial_encoder")  # the last: hybrid
 
 
 class Precision(str, enum.Enum):
@@ -59,13 +59,15 @@ INT8_KEEP_HIGH = FP8_KEEP_HIGH
 
 @dataclass(frozen=True)
 class PrecisionPolicy:
-    """Precision per component (`COMPONENTS`), plus the layers an fp8/int8 component keeps in `high`."""
+    """Precision per component (`COMPONENTS`; `spatial_encoder` applies when the model has the hybrid encoder),
+    plus the layers an fp8/int8 component keeps in `high`."""
 
     vision_tower: Precision
     backbone: Precision
     adapter: Precision
     video_decoder: Precision
     vae: Precision
+    spatial_encoder: Precision
     keep_high: tuple[str, ...] = field(default=())
     high: Precision = Precision.BF16
 
@@ -87,16 +89,16 @@ class PrecisionPolicy:
         p, high = Precision.parse(precision), Precision.parse(high)
         if p == Precision.FP16:
             # fp16 overflows in the VAE's decoder convolutions: keep it in fp32
-            return cls(p, p, p, p, Precision.FP32)
+            return cls(p, p, p, p, Precision.FP32, p)
         if p == Precision.FP8:
-            # fp8 where the FLOPs are (the two transformers' Linears); vision, adapter, VAE and the sensitive
-            # layers in `high`
-            return cls(high, p, high, p, high, keep_high=FP8_KEEP_HIGH, high=high)
-        if p == Precision.INT8:
-            # the same split on the CPU: int8 where the FLOPs are, vision tower, adapter, VAE, norms and the
+            # fp8 where the FLOPs are (the two transformers' Linears); vision, adapter, VAE, DINOv2 and the
             # sensitive layers in `high`
-            return cls(high, p, high, p, high, keep_high=INT8_KEEP_HIGH, high=high)
-        return cls(p, p, p, p, p)
+            return cls(high, p, high, p, high, high, keep_high=FP8_KEEP_HIGH, high=high)
+        if p == Precision.INT8:
+            # the same split on the CPU: int8 where the FLOPs are, vision tower, adapter, VAE, DINOv2, norms and
+            # the sensitive layers in `high`
+            return cls(high, p, high, p, high, high, keep_high=INT8_KEEP_HIGH, high=high)
+        return cls(p, p, p, p, p, p)
 
     def of(self, component: str) -> Precision:
         if component not in COMPONENTS:

@@ -78,7 +78,7 @@ def add_plan_parser(sub) -> None:
                        description="FLOPs and bytes per stage counted on the meta device, projected onto a GPU's "
                                    "datasheet peaks. A projection (a lower bound), not a measurement. Request "
                                    "settings default to the preset's own (full: 121 frames at 512x768, 8 steps).")
-    p.add_argument("--preset", default="full", help="tiny | small | full (default full)")
+    p.add_argument("--preset", default="full", help="any preset (default full; full-hunyuan15, full-hybrid: the other families)")
     p.add_argument("--gpu", required=True, choices=sorted(GPUS))
     p.add_argument("--precision", default="bf16", choices=["fp8", "fp16", "bf16"])
     p.add_argument("--frames", type=int, help="frames (default: the preset's)")

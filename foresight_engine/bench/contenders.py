@@ -16,14 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from diffusers import FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, \
-    TaylorSeerCacheConfig
+from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
 from .. import kernels
 from ..engine import Engine
 from ..engine.prediction import Timings
+from ..models.families import ReferencePipeline, family
 from ..models.glp import GLPModel
-from ..models.video_decoder import scheduler_kwargs
 from .machine import BenchError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -148,20 +147,11 @@ class Peer:
 
 
 # ------------------------------------------------------------------------------------------------ peers
-def ltx_pipeline(model: GLPModel, transformer: torch.nn.Module | None = None) -> LTXImageToVideoPipeline:
-    """diffusers' image-to-video pipeline on the model's own LTX transformer and VAE (no T5: prompt_embeds in)."""
-    transformer = model.video_decoder.transformer if transformer is None else transformer
-    pipe = LTXImageToVideoPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(model.config.scheduler)), vae=model.vae.vae,
-        text_encoder=None, tokenizer=None, transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInputs) -> StepFn:
+def library_step(engine: Engine, pipe: ReferencePipeline, inputs: BenchInputs) -> StepFn:
     """transformers `generate()` for the text, then the world latent (vision + prefill with the query tokens +
-    adapter) and diffusers' pipeline for the video: the libraries glued together, one after the other; plain
-    library code, so without the engine's custom ops (`kernels.set_wiring("off")`)."""
+    adapter, + DINOv2 with the hybrid encoder) and the decoder family's diffusers image-to-video pipeline
+    (`families.py`) for the video: the libraries glued together, one after the other; plain library code, so
+    without the engine's custom ops (`kernels.set_wiring("off")`)."""
     s = inputs.settings
 
     @torch.inference_mode()
@@ -178,17 +168,13 @@ def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInp
         timings.stages["text"] = time.perf_counter() - t
         t = time.perf_counter()
         prefill = engine.prefill(request, engine.vision(request))
-        cond, mask = engine.adapt(prefill.world_latent)
+        cond, mask = engine.adapt(prefill.world_latent, engine.spatial(request))
         timings.stages["world_latent"] = time.perf_counter() - t
-        extra = {}
-        if s["guidance_scale"] > 1:
-            extra = dict(negative_prompt_embeds=torch.zeros_like(cond), negative_prompt_attention_mask=mask)
         t = time.perf_counter()
-        video = pipe(image=request.images[-1], prompt_embeds=cond, prompt_attention_mask=mask,
-                     generator=torch.Generator("cpu").manual_seed(s["seed"]), output_type="np",
+        video = pipe(request.images[-1], cond, mask, generator=torch.Generator("cpu").manual_seed(s["seed"]),
                      frame_rate=engine.config.generation.frame_rate, height=s["height"], width=s["width"],
                      num_frames=s["num_frames"], num_inference_steps=s["num_inference_steps"],
-                     guidance_scale=s["guidance_scale"], **extra).frames[0]  # [F, H, W, 3] in [0, 1]
+                     guidance_scale=s["guidance_scale"])  # [F, H, W, 3] in [0, 1]
         timings.stages["video"] = time.perf_counter() - t
         timings.total = time.perf_counter() - t0
         frames = (np.asarray(video, dtype=np.float32) * 255).round().astype(np.uint8)
@@ -197,32 +183,35 @@ def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInp
 
 
 def _naive(ctx: BenchContext) -> StepFn:
-    return library_step(ctx.base, ltx_pipeline(ctx.base.model), ctx.inputs)
+    model = ctx.base.model
+    return library_step(ctx.base, family(model.config).reference_pipeline(model), ctx.inputs)
 
 
 def _best_peer(ctx: BenchContext) -> StepFn:
     """The diffusion-fast recipe: bf16 weights, SDPA (already the default) and torch.compile of the transformer
-    (max-autotune where a GPU can autotune; the default mode on a CPU, where autotuning costs minutes)."""
+    (max-autotune where a GPU can autotune; the default mode on a CPU, where autotuning costs minutes). Not
+    fullgraph: HunyuanVideo-1.5's forward reads a value back and regroups tokens by mask (graph breaks)."""
     model = ctx.model_at("bf16")
     mode = "max-autotune" if ctx.base.device.type == "cuda" else None
-    compiled = torch.compile(model.video_decoder.transformer, mode=mode, fullgraph=True)
-    return library_step(Engine(model), ltx_pipeline(model, compiled), ctx.inputs)
+    compiled = torch.compile(model.video_decoder.transformer, mode=mode)
+    return library_step(Engine(model), family(model.config).reference_pipeline(model, compiled), ctx.inputs)
 
 
 def _cached_peer(cache: Any) -> Callable[[BenchContext], StepFn]:
-    """The peer with one of diffusers' own step caches (`transformer.enable_cache`) on a bf16 copy of the LTX
+    """The peer with one of diffusers' own step caches (`transformer.enable_cache`) on a bf16 copy of the decoder's
     transformer, eager: the cache hooks decide per step on the host, which fullgraph compilation cannot trace."""
     def build(ctx: BenchContext) -> StepFn:
         model = ctx.model_at("bf16")
         transformer = copy.deepcopy(model.video_decoder.transformer)
         transformer.enable_cache(cache)
-        return library_step(Engine(model), ltx_pipeline(model, transformer), ctx.inputs)
+        return library_step(Engine(model), family(model.config).reference_pipeline(model, transformer), ctx.inputs)
     return build
 
 
 PEERS: list[Peer] = [
-    Peer("naive", "fp32", _naive, "transformers generate() then diffusers LTXImageToVideoPipeline, fp32 eager"),
-    Peer("best-peer", "bf16", _best_peer, "the same in bf16 with torch.compile of the LTX transformer"),
+    Peer("naive", "fp32", _naive, "transformers generate() then the decoder's diffusers image-to-video pipeline, "
+                                  "fp32 eager"),
+    Peer("best-peer", "bf16", _best_peer, "the same in bf16 with torch.compile of the decoder's transformer"),
     *(Peer(f"peer-fbcache-{t}", "bf16", _cached_peer(FirstBlockCacheConfig(threshold=t)),
            f"the peer in bf16 with diffusers' FirstBlockCacheConfig(threshold={t})", lossless=False)
       for t in (0.05, 0.1, 0.2)),

@@ -34,7 +34,7 @@ from .runner import Rounds, measure_interleaved
 
 def feed_forward(config: ModelConfig) -> tuple[nn.Module, torch.Tensor]:
     """The LTX block's feed-forward at the preset's width and a batch of its denoising-step tokens (x2: guidance)."""
-    d = config.transformer.inner_dim
+    d = config.decoder.transformer.inner_dim
     tokens = BuildShape.for_config(config).geometry(config).grid.num_tokens
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d)).eval()

@@ -12,6 +12,7 @@ from ..artifact import KeyFactors, device_info, toolchain
 from ..backends import Backend
 from ..errors import ConfigError
 from ..models.export_spec import BuildShape, ExportSpec, export_specs
+from ..models.families import family
 from ..models.glp import GLPModel
 from ..precision import COMPONENTS, PrecisionPolicy
 
@@ -48,7 +49,7 @@ class BuildPlan:
         if cache_hit is not None:
             lines.append(f"  cache: {'HIT (nothing to build)' if cache_hit else 'miss (will build)'}")
         lines.append(f"  shape: {self.shape.to_dict()}")
-        for component in COMPONENTS:
+        for component in (c for c in COMPONENTS if c in self.memory_bytes):  # the model's own components
             lines.append(f"  {component:14s} {self.policy.of(component).value:5s} "
                          f"~{self.memory_bytes.get(component, 0) / 1e6:8.1f} MB")
             for stage in self.stages.values():
@@ -94,7 +95,8 @@ def resolve_plan(model: GLPModel, weights_hash: str, backend: str | Backend, pol
         skipped.update({name: "not selected (stages=...): runs eager" for name in names
                         if name not in stages and name not in skipped})
     # a static denoising step bakes in the custom ops its blocks call on the target device (and their tables)
-    ops = sorted(kernels.wired_ops(dev["type"])) if spec.static_denoise and "denoise" not in skipped else None
+    static_step = spec.static_denoise and family(model.config).static_step_spec is not None
+    ops = sorted(kernels.wired_ops(dev["type"])) if static_step and "denoise" not in skipped else None
     specs = export_specs(model.config, None if ops is None else frozenset(ops))
     stages = {name: StagePlan(name, s.component, Backend.EAGER if name in skipped else backend, s.profile(shape),
                               skipped.get(name, "")) for name, s in specs.items()}

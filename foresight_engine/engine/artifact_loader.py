@@ -41,7 +41,7 @@ def _typed_factors(manifest: Manifest) -> tuple[ModelConfig, PrecisionPolicy, Bu
     except (ConfigError, TypeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"rebuild needed: the manifest's factors do not describe a model this engine builds "
                             f"({type(exc).__name__}: {exc})") from None
-    expected = set(COMPONENTS)
+    expected = {c for c in COMPONENTS if c != "spatial_encoder" or config.spatial_encoder is not None}  # optional
     if set(manifest.components) != expected:
         raise ArtifactError(f"rebuild needed: the manifest lists components {sorted(manifest.components)}, this "
                             f"engine loads {sorted(expected)}")

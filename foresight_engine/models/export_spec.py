@@ -1,6 +1,7 @@
 """Export specs: for each stage, its tensor-only wrapper, input/output names, dynamic axes, sample inputs for a
 shape and a min/opt/max shape profile (what TensorRT's optimization profiles and the ONNX export consume).
-`export_specs(config)` is also the one vocabulary of stage names (`STAGES`).
+`export_specs(config)` is also the one vocabulary of stage names (`STAGES`); the video stages (`denoise`,
+`vae_decode`) come from the config's decoder family (`families.py`), `spatial` only with the hybrid encoder on.
 
 The `denoise` stage has two forms: one plain transformer forward (`DenoiseStage`: what ONNX and TensorRT build, run
 by the loop as a velocity), or, with `export_specs(config, denoise_ops=...)`, the static plan's whole step
@@ -20,13 +21,13 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .families import family
 from .kv_cache import default_length
-from .stages import AdapterStage, DecodeStage, DenoiseStage, PrefillStage, VAEDecodeStage, VisionStage
-from .static_velocity import StaticStep
+from .stages import AdapterStage, DecodeStage, PrefillStage, SpatialStage, VAEDecodeStage, VisionStage
 from .video_geometry import VideoGeometry
 
 Shape = tuple[int, ...]
-STAGES = ("vision", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
+STAGES = ("vision", "spatial", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
 
 
 @dataclass(frozen=True)
@@ -134,17 +135,35 @@ def _image_patches(config: ModelConfig) -> int:
     return side * v.spatial_merge_size
 
 
-def _vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+def vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+    """The `vae_decode` stage wrapper of any family (refused for a VAE whose decode draws noise)."""
     if model.vae.timestep_conditioned:
         raise ConfigError("the VAE decode stage is built for VAEs without timestep conditioning (its decode draws "
                           "noise); this VAE has timestep_conditioning=True: build with --stages excluding vae_decode")
     return VAEDecodeStage(model.vae, config.generation.decode_timestep)
 
 
+def fixed_profile(sampler: Callable[[BuildShape, torch.Generator], tuple[torch.Tensor, ...]],
+                  names: tuple[str, ...]) -> Callable[[BuildShape], dict[str, tuple[Shape, Shape, Shape]]]:
+    """The profile of a fixed-shape stage: min = opt = max = its sample inputs' shapes."""
+    def profiler(s):
+        shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
+        return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
+    return profiler
+
+
+def vae_decode_spec(config: ModelConfig) -> ExportSpec:
+    """`vae_decode`: latents [1, C, f, h, w] -> video, for every family's VAE component."""
+    def vae_inputs(s, g):
+        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
+    return ExportSpec("vae_decode", "vae", ("latents",), ("video",), {}, lambda m, s: vae_stage(m, config),
+                      vae_inputs, fixed_profile(vae_inputs, ("latents",)))
+
+
 def export_specs(config: ModelConfig, denoise_ops: frozenset[str] | None = None) -> dict[str, ExportSpec]:
-    """The six stages of the stack, in run order; `denoise_ops` (the custom ops the blocks call) selects the
-    static whole-step form of `denoise`."""
-    v, t, a, tr = config.vision, config.text, config.adapter, config.transformer
+    """Every stage of the stack, in run order (`STAGES`); `denoise_ops` (the custom ops the blocks call) selects
+    the family's static whole-step form of `denoise` (`family.static_step_spec`)."""
+    v, t, a = config.vision, config.text, config.adapter
     patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
     side = _image_patches(config)
     per_image = side * side  # patches per image
@@ -168,27 +187,17 @@ def export_specs(config: ModelConfig, denoise_ops: frozenset[str] | None = None)
         return (torch.randint(0, t.vocab_size, (1, 1), generator=g), torch.tensor([n]),
                 torch.randn(cache, generator=g), torch.randn(cache, generator=g), torch.tensor(n))
 
-    def denoise_inputs(s, g):
-        geometry = s.geometry(config)
-        grid = geometry.grid
-        b, n = s.batch, grid.num_tokens
-        timestep = torch.full((b, n), 500.0)
-        timestep[:, : geometry.pinned] = 0.0  # the conditioned first frame
-        return (torch.randn(b, n, grid.token_channels, generator=g),
-                torch.randn(b, a.num_tokens, tr.caption_channels, generator=g),
-                torch.ones(b, a.num_tokens, dtype=torch.long), timestep)
+    hybrid = config.spatial_encoder
+    adapter_names = ("world_latent",) + (("spatial_features",) if hybrid else ())
 
-    def vae_inputs(s, g):
-        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
+    def adapter_inputs(s, g):
+        world = (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),)
+        return world + ((torch.randn(1, hybrid.num_patches, hybrid.hidden_size, generator=g),) if hybrid else ())
 
-    def fixed(sampler, names):
-        def profiler(s):
-            shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
-            return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
-        return profiler
+    def spatial_inputs(s, g):
+        return (torch.randn(1, 3, hybrid.crop_size, hybrid.crop_size, generator=g),)
 
     decode_names = ("token_ids", "position", "keys", "values", "slot")
-    denoise_names = ("latents", "conditioning", "conditioning_mask", "timestep")
     specs = [
         ExportSpec("vision", "vision_tower", ("pixel_values", "grid_thw"), ("image_embeds",),
                    {"pixel_values": {0: "patches"}, "grid_thw": {0: "images"}, "image_embeds": {0: "visual_tokens"}},
@@ -207,21 +216,25 @@ def export_specs(config: ModelConfig, denoise_ops: frozenset[str] | None = None)
                               **{name: (kv(0), kv(0), kv(max_prompt - 1)) for name in ("past_keys", "past_values")}},
                    cache_inputs=("past_keys", "past_values")),
         ExportSpec("decode", "backbone", decode_names, ("logits", "new_keys", "new_values"), {},
-                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed(decode_inputs, decode_names),
+                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed_profile(decode_inputs, decode_names),
                    cache_inputs=("keys", "values")),
-        ExportSpec("adapter", "adapter", ("world_latent",), ("conditioning", "conditioning_mask"), {},
-                   lambda m, s: AdapterStage(m.adapter),
-                   lambda s, g: (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),),
-                   fixed(lambda s, g: (torch.zeros(1, a.num_query_tokens, t.hidden_size),), ("world_latent",))),
-        ExportSpec("denoise", "video_decoder", denoise_names, ("velocity",), {},
-                   lambda m, s: DenoiseStage(m.video_decoder, s.geometry(config)), denoise_inputs,
-                   fixed(denoise_inputs, denoise_names)),
-        ExportSpec("vae_decode", "vae", ("latents",), ("video",), {},
-                   lambda m, s: _vae_stage(m, config), vae_inputs, fixed(vae_inputs, ("latents",))),
+        ExportSpec("adapter", "adapter", adapter_names, ("conditioning", "conditioning_mask"), {},
+                   lambda m, s: AdapterStage(m.adapter), adapter_inputs,
+                   fixed_profile(adapter_inputs, adapter_names)),
+        *family(config).export_specs(config),
     ]
+    if hybrid:
+        specs.insert(1, ExportSpec("spatial", "spatial_encoder", ("pixel_values",), ("spatial_features",), {},
+                                   lambda m, s: SpatialStage(m.spatial_encoder), spatial_inputs,
+                                   fixed_profile(spatial_inputs, ("pixel_values",))))
+    specs = {spec.name: spec for spec in specs}
     if denoise_ops is not None:
-        specs[4] = _static_denoise_spec(config, denoise_ops)
-    return {spec.name: spec for spec in specs}
+        static_step_spec = family(config).static_step_spec
+        if static_step_spec is None:
+            raise ConfigError(f"the {config.decoder.family} decoder family has no static whole-step denoise stage "
+                              f"(denoise_ops={sorted(denoise_ops)})")
+        specs["denoise"] = static_step_spec(config, denoise_ops)
+    return specs
 
 
 def denoise_ops_of(options: "dict[str, Any] | Any") -> frozenset[str] | None:
@@ -231,38 +244,5 @@ def denoise_ops_of(options: "dict[str, Any] | Any") -> frozenset[str] | None:
     return None if ops is None else frozenset(ops)
 
 
-def _static_denoise_spec(config: ModelConfig, ops: frozenset[str]) -> ExportSpec:
-    """`denoise` as `StaticStep`: latents, step, step_sizes, guidance, then the plan's tables (`DenoisePlan.tensors()`
-    order); the number of steps N is a dynamic axis (the tables have N + 1 rows: the last is the pinned frame's)."""
-    tr, blocks = config.transformer, config.transformer.num_layers
-    d, heads, length = tr.inner_dim, tr.num_attention_heads, config.adapter.num_tokens
-    tables = tuple(f"block_ada.{j}" for j in range(blocks)) + ("out_ada",)
-    kv = tuple(f"cross_{x}.{j}" for j in range(blocks) for x in "kv")
-    names = ("latents", "step", "step_sizes", "guidance", "token_is_pinned", *tables[:-1], "out_ada", "rope_cos",
-             "rope_sin", "cross_bias", *kv)
-    rope_width = d // 2 if "rmsnorm_rope" in ops else d  # the fused op reads one angle per pair
-
-    def inputs(s: BuildShape, g: torch.Generator, steps: int | None = None):
-        geometry = s.geometry(config)
-        n, tokens, b = steps or config.generation.num_inference_steps, geometry.grid.num_tokens, s.batch
-        angles = torch.rand(b, tokens, rope_width, generator=g) * 6.28
-        return (torch.randn(1, tokens, geometry.grid.token_channels, generator=g), torch.tensor(1),
-                -torch.rand(n, generator=g) / n, torch.tensor(3.0 if s.guidance else 1.0),
-                (torch.arange(tokens) < geometry.pinned).view(1, tokens, 1, 1),
-                *(0.1 * torch.randn(n + 1, 6, d, generator=g) for _ in range(blocks)),
-                0.1 * torch.randn(n + 1, 2, d, generator=g), angles.cos(), angles.sin(), torch.zeros(b, 1, 1, length),
-                *(torch.randn(b, heads, length, d // heads, generator=g) for _ in kv))
-
-    def profiler(s: BuildShape):
-        least, most = (tuple(tuple(x.shape) for x in inputs(s, torch.Generator(), n))
-                       for n in (1, config.generation.limits.max_inference_steps))
-        opt = tuple(tuple(x.shape) for x in inputs(s, torch.Generator()))
-        return {name: (a, o, m) for name, a, o, m in zip(names, least, opt, most)}
-
-    dynamic = {"step_sizes": {0: "steps"}} | {name: {0: "steps+1"} for name in tables}
-    return ExportSpec("denoise", "video_decoder", names, ("latents",), dynamic,
-                      lambda m, s: StaticStep(m.video_decoder.transformer, s.batch, s.geometry(config).pinned, ops),
-                      inputs, profiler, cache_inputs=(*tables, "cross_bias", *kv))
-
-
-__all__ = ["BuildShape", "ExportSpec", "STAGES", "denoise_ops_of", "export_specs"]
+__all__ = ["BuildShape", "ExportSpec", "STAGES", "denoise_ops_of", "export_specs", "fixed_profile", "vae_decode_spec",
+           "vae_stage"]

@@ -1,6 +1,6 @@
 """The static plan: LTX-Video's velocity with every per-request invariant computed once, fixed shapes.
 
-The plain transformer forward (`video_decoder.StepVelocity`, the reference) recomputes per step what does not
+The plain transformer forward (`denoising.StepVelocity`, the reference) recomputes per step what does not
 change across steps. `StaticVelocity.prepare` computes it once per request (`DenoisePlan`):
 - the timestep embeddings of every step (and of t=0 for the pinned first frame), folded into each block's
   adaptive-norm table: [N + 1, 6, D] per block, [N + 1, 2, D] for the output norm;
@@ -50,7 +50,7 @@ class DenoisePlan:
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block K, V [B, H, L, d]
     cross_bias: torch.Tensor  # [B, 1, 1, L] additive mask
     ops: frozenset[str] = frozenset()  # custom ops the blocks call (foresight_engine.kernels, wired on this device)
-    step_cache: "_FirstBlockCache | None" = None
+    step_cache: "FirstBlockCache | None" = None
     cache_stats: StepCacheStats = field(default_factory=StepCacheStats)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -67,8 +67,10 @@ class DenoisePlan:
                    cross_kv=[(kv[2 * j], kv[2 * j + 1]) for j in range(blocks)], ops=ops)
 
 
-class StaticVelocity:
-    """The velocity of an LTX-Video transformer from a `DenoisePlan` (its weights, shared, nothing copied)."""
+class TransformerVelocity:
+    """The base of a family's static velocity model: the transformer whose weights it reads (shared, nothing
+    copied) and the optional first-block step cache threshold (a cached loop is not graphable: it decides on the
+    host whether to skip)."""
 
     def __init__(self, transformer: torch.nn.Module, step_cache: float | None = None,
                  ops: frozenset[str] | None = None):
@@ -82,8 +84,13 @@ class StaticVelocity:
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.transformer.state_dict(keep_vars=True).items()
 
+
+class StaticVelocity(TransformerVelocity):
+    """The velocity of an LTX-Video transformer from a `DenoisePlan`."""
+
     def prepare(self, geometry: VideoGeometry, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
-                schedule: Schedule) -> DenoisePlan:
+                schedule: Schedule, image_condition: torch.Tensor | None = None) -> DenoisePlan:
+        # LTX-Video conditions on the image through the pinned first frame: `image_condition` is always None
         tr = self.transformer
         dtype, device = tr.dtype, conditioning.device
         batch, grid = conditioning.shape[0], geometry.grid
@@ -111,7 +118,7 @@ class StaticVelocity:
         plan = DenoisePlan(token_is_pinned=token_is_pinned, block_ada=block_ada, out_ada=out_ada, rope=rope,
                            cross_kv=cross_kv, cross_bias=cross_bias, ops=ops)
         if self.step_cache is not None:
-            plan.step_cache = _FirstBlockCache(self.step_cache, plan.cache_stats)
+            plan.step_cache = FirstBlockCache(self.step_cache, plan.cache_stats)
         return plan
 
     def velocity(self, plan: DenoisePlan, latents: torch.Tensor, i: Index) -> torch.Tensor:
@@ -174,7 +181,7 @@ class StaticVelocity:
 
 
 class StaticStep(torch.nn.Module):
-    """`denoising.denoise_step` over a `DenoisePlan`, as a module of tensors with the loop's shape baked in (batch:
+    """`denoising.denoise_step` over an LTX-Video `DenoisePlan`, as a module of tensors with the loop's shape baked in (batch:
     2 with guidance; pinned tokens). latents [1, S, C] fp32, step [] int64, step_sizes [N] fp32, guidance [] fp32,
     then the plan's `tensors()` -> the latents after step `step` [1, S, C] fp32 (a new tensor: the input stays)."""
 
@@ -198,7 +205,7 @@ def step_program(step: "Callable[..., torch.Tensor]") -> StepProgram:
     return program
 
 
-class _FirstBlockCache:
+class FirstBlockCache:
     """First-block cache state of one request's loop."""
 
     def __init__(self, threshold: float, stats: StepCacheStats):
@@ -225,4 +232,5 @@ class _FirstBlockCache:
         self.stats.computed += 1
 
 
-__all__ = ["DenoisePlan", "StaticStep", "StaticVelocity", "StepCacheStats", "step_program"]
+__all__ = ["DenoisePlan", "FirstBlockCache", "StaticStep", "StaticVelocity", "StepCacheStats",
+           "TransformerVelocity", "step_program"]
