@@ -2,11 +2,11 @@
 and the typed manifest both sides read and write.
 
 Layout: `DIR/manifest.json` + one subfolder per component (`vision_tower/`, `backbone/`, `adapter/`,
-`video_decoder/`, `vae/`) holding `weights.safetensors` and the files of its built stages (`<stage>.onnx`,
-`<stage>.plan`, `<stage>.pt2`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer and image processor). The manifest keeps the
-raw key factors (`KeyFactors`), their hash (`key`), what each component was built as (`ComponentEntry`, one
-`StageEntry` per stage), the sha256 and size of every file, and a `digest` of all of that. A cache hit is a key
-match of a verified artifact, never a directory that exists.
+`video_decoder/`, `vae/`, and `spatial_encoder/` with the hybrid encoder) holding `weights.safetensors` and the
+files of its built stages (`<stage>.onnx`, `<stage>.plan`, `<stage>.pt2`, `<stage>.fp8.safetensors`) + `processor/` (tokenizer
+and image processor). The manifest keeps the raw key factors (`KeyFactors`), their hash (`key`), what each
+component was built as (`ComponentEntry`, one `StageEntry` per stage), the sha256 and size of every file, and a
+`digest` of all of that. A cache hit is a key match of a verified artifact, never a directory that exists.
 
 `verify` checks the artifact whole before anything in it is deserialized: the manifest's digest (every field the
 loader reads: factors, components, files table; optionally against a digest the caller pins), its key, every
@@ -44,7 +44,8 @@ from .precision import COMPONENTS
 
 log = logging.getLogger(__name__)
 
-FORMAT = "foresight-artifact-v3"  # v3: manifest digest, every file confined to the directory and listed
+FORMAT = "foresight-artifact-v4"  # v3: manifest digest, every file listed; v4: the config's decoder is a
+# discriminated section (`decoder.family`), the optional `spatial_encoder` component
 MANIFEST = "manifest.json"
 PROCESSOR_DIR = "processor"
 WEIGHTS_FILE = "weights.safetensors"
@@ -58,7 +59,8 @@ def weights_file(component: str) -> str:
 
 
 def stage_file(component: str, stage: str, suffix: str) -> str:
-    """Relative path of one of a stage's files: `.onnx` graph, `.plan` TensorRT engine, `.fp8.safetensors` scales."""
+    """Relative path of one of a stage's files: `.onnx` graph, `.plan` TensorRT engine, `.fp8.safetensors` scales,
+    `.pt2` AOTInductor package."""
     return f"{component}/{stage}{suffix}"
 
 
@@ -157,17 +159,18 @@ class StageEntry:
     precision: str
     profile: dict[str, Any] = field(default_factory=dict)  # input -> [min, opt, max] shapes
     reason: str = ""  # why it runs eager in a non-eager build
-    file: str | None = None  # its ONNX graph (onnx, tensorrt)
+    file: str | None = None  # its ONNX graph (onnx, tensorrt) or AOTInductor package (compile)
     engine: str | None = None  # its TensorRT plan, or its torch-tensorrt program
     fp8_scales: str | None = None  # its FP8 scales (Q/DQ graphs)
     fp8_layers: int = 0
     ort_vs_eager: dict[str, float] = field(default_factory=dict)  # relative L2 per output of the exported graph
     tensorrt_config: dict[str, Any] | None = None
-    # (issue 10) what the GPU backends add
+    # what the GPU backends add
     buffers: dict[str, Any] | None = None  # the I/O buffer plan (names, dtypes, min/opt/max shapes) runners allocate
     program: str | None = None  # its torch.export program (torch-tensorrt's input)
     fp8_attention: str | None = None  # its FP8 attention / KV-cache scales
     device_vs_eager: dict[str, float] = field(default_factory=dict)  # built stage vs eager, both on the GPU
+    aot_vs_eager: dict[str, float] = field(default_factory=dict)  # the AOTInductor package's, per output
 
     @property
     def built(self) -> bool:
@@ -487,8 +490,7 @@ def describe(manifest: Manifest) -> str:
              f"  digest:     {manifest.digest}  (pin it: Engine.load(DIR, digest=...))",
              f"  model:      {f.config.get('name')}   weights sha256 {f.weights_hash[:16]}",
              f"  backend:    {f.backend}  options {f.options}",
-             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in
-                                           ("vision_tower", "backbone", "adapter", "video_decoder", "vae")),
+             "  precision:  " + ", ".join(f"{c}={f.precision[c]}" for c in manifest.components),
              f"  shape:      {f.shapes.get('build')}",
              f"  device:     {f.device.get('type')} {f.device.get('name')!r} sm={f.device.get('sm')}",
              "  toolchain:  " + ", ".join(f"{k} {v}" for k, v in f.toolchain.items() if v),

@@ -25,7 +25,7 @@ from .precision import COMPONENTS, Precision, PrecisionPolicy
 
 class Backend(str, enum.Enum):
     EAGER = "eager"  # the eager modules themselves (the reference)
-    COMPILE = "compile"  # torch.compile of the stage wrappers, compiled at load
+    COMPILE = "compile"  # torch.export + AOTInductor packages of the stage wrappers, loaded without compiling
     ONNX = "onnx"  # ONNX graphs run by ONNX Runtime
     TENSORRT = "tensorrt"  # ONNX graphs built into TensorRT plans, run by the native runner (GPU only)
     TORCH_TENSORRT = "torch-tensorrt"  # torch.export programs compiled by Torch-TensorRT (GPU only)
@@ -83,6 +83,9 @@ class BackendSpec:
     requirements: tuple[Requirement, ...] = ()
     graphable: bool = False  # a CUDA graph may capture its stage calls
     fallback: str = ""  # what to use instead when it is unavailable
+    # its `denoise` stage is the static plan's whole step (`StaticStep`: velocity + guidance + Euler update) rather
+    # than one plain transformer forward (`export_specs(config, denoise_ops=...)`)
+    static_denoise: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skips", MappingProxyType(dict(self.skips)))
@@ -137,22 +140,30 @@ class BackendSpec:
 
 _TORCH = ("torch", "transformers", "diffusers")
 _ONNX_OPTIONS = {"opset": 20, "dynamo": True}
+# AOTInductor: freezing folds the weights into the package as constants (prepacked for oneDNN on the CPU, where it
+# also turns int8 Q/DQ Linears into oneDNN int8 GEMMs); on a GPU inductor autotunes its GEMMs and leaves CUDA graphs
+# to the engine, which captures the whole denoising loop itself
+_AOT_CPU = {"fullgraph": True, "dynamic": False, "aot": True, "freezing": True, "max_autotune": False}
+_AOT_CUDA = {"fullgraph": True, "dynamic": False, "aot": True, "freezing": True, "max_autotune": True}
 
 REGISTRY: Mapping[Backend, BackendSpec] = MappingProxyType({
     Backend.EAGER: BackendSpec(
         Backend.EAGER, "eager", runner=None, devices=("cpu", "cuda"), toolchain=_TORCH, graphable=True,
-        precision_note="fp8 needs --backend onnx, tensorrt or torch-tensorrt (Q/DQ graphs); eager would only "
-                       "simulate it on the CPU, slower than fp32"),
+        precision_note="fp8 needs --backend onnx, tensorrt or torch-tensorrt (Q/DQ graphs), int8 --backend compile (oneDNN int8 "
+                       "GEMMs in the compiled graph); eager would only simulate them, slower than fp32"),
     Backend.COMPILE: BackendSpec(
-        Backend.COMPILE, "torch.compile", runner="compile", devices=("cpu", "cuda"), toolchain=_TORCH,
-        skips={"prefill": "prompt and cached-prefix lengths vary per request (a fixed-shape compile would "
+        Backend.COMPILE, "torch.export + AOTInductor", runner="compile", devices=("cpu", "cuda"),
+        toolchain=_TORCH + ("torchao",),  # torchao's x86 passes lower the int8 Linears
+        skips={"vision": "runs eager under compile (the AOTInductor package of the host-layout vision stage is "
+                         "not built yet; onnx, tensorrt and torch-tensorrt build it)",
+               "prefill": "prompt and cached-prefix lengths vary per request (a fixed-shape compile would "
                           "recompile for each): runs eager"},
-        # no inductor CUDA graphs on a GPU: the engine captures the whole denoising loop as one graph itself
-        options={"cpu": {"fullgraph": True, "dynamic": False, "mode": None},
-                 "cuda": {"fullgraph": True, "dynamic": False, "mode": "max-autotune-no-cudagraphs"}},
-        graphable=True,
-        precision_note="fp8 needs --backend onnx or tensorrt (Q/DQ graphs); compile would only simulate it on the "
-                       "CPU, slower than fp32"),
+        options={"cpu": _AOT_CPU, "cuda": _AOT_CUDA},
+        precisions={"cpu": (Precision.FP32, Precision.BF16, Precision.FP16, Precision.INT8),
+                    "cuda": (Precision.FP32, Precision.BF16, Precision.FP16)},
+        graphable=True, static_denoise=True,
+        precision_note="fp8 needs --backend onnx or tensorrt (Q/DQ graphs; compile would only simulate it on the "
+                       "CPU, slower than fp32); int8 runs on x86 CPUs (oneDNN), on a GPU use fp8"),
     Backend.ONNX: BackendSpec(
         Backend.ONNX, "ONNX Runtime", runner="onnx", devices=("cpu", "cuda"),
         toolchain=_TORCH + ("onnx", "onnxruntime"),

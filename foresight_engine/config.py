@@ -2,6 +2,10 @@
 
 A preset is data: `tiny`, `small` and `full` are instances of `ModelConfig`, never branches in model code.
 Every dataclass validates itself in `__post_init__` and names the offending value.
+
+The video decoder is one discriminated section, `decoder`: `LTXDecoderConfig` (`family: "ltx"`) or
+`Hunyuan15DecoderConfig` (`family: "hunyuan15"`); its JSON carries `family`, which picks the class back. The
+optional `spatial_encoder` section (DINOv2, the hybrid encoder) is `null` when off.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError, UnknownPresetError
 
@@ -185,6 +189,177 @@ class SchedulerConfig:
     num_train_timesteps: int = 1000
 
 
+class _DecoderSteps:
+    """Frame-size steps of a decoder section (its `vae` and `transformer`): sides are multiples of `spatial_step`
+    (VAE compression x patch), frame counts `temporal_step * k + 1`."""
+
+    @property
+    def spatial_step(self) -> int:
+        return self.vae.spatial_compression * self.transformer.patch_size
+
+    @property
+    def temporal_step(self) -> int:
+        return self.vae.temporal_compression * self.transformer.patch_size_t
+
+
+@dataclass(frozen=True)
+class LTXDecoderConfig(_DecoderSteps):
+    """LTX-Video: diffusion transformer, causal video VAE and its dynamic-shift flow-matching schedule."""
+
+    transformer: TransformerConfig
+    vae: VAEConfig
+    scheduler: SchedulerConfig = SchedulerConfig()
+    family: Literal["ltx"] = "ltx"
+
+    def __post_init__(self) -> None:
+        _family(self, "ltx")
+        if self.vae.latent_channels != self.transformer.in_channels:
+            raise ConfigError(f"vae.latent_channels={self.vae.latent_channels} must equal "
+                              f"transformer.in_channels={self.transformer.in_channels}")
+
+    @property
+    def conditioning_channels(self) -> int:
+        """Width of the conditioning tokens the adapter hands over (T5's in the original model)."""
+        return self.transformer.caption_channels
+
+
+@dataclass(frozen=True)
+class Hunyuan15TransformerConfig:
+    """HunyuanVideo-1.5 image-to-video transformer (`HunyuanVideo15Transformer3DModel`); its input channels are
+    the latents, the conditioning frame's latents and a mask channel (2 * latent + 1)."""
+
+    num_attention_heads: int
+    attention_head_dim: int
+    num_layers: int
+    text_embed_dim: int  # the conditioning width (Qwen2.5-VL-7B's hidden size in the original model)
+    rope_axes_dim: tuple[int, int, int]  # RoPE channels per axis (frames, height, width); sums to the head dim
+    num_refiner_layers: int = 2
+    mlp_ratio: float = 4.0
+    patch_size: int = 1
+    patch_size_t: int = 1
+    text_embed_2_dim: int = 1472  # ByT5 glyph embeddings (always masked here)
+    image_embed_dim: int = 1152  # SigLIP image embeddings (zero here: the first frame conditions through latents)
+    rope_theta: float = 256.0
+    target_size: int = 640  # pixel side of the reference pipeline's resolution buckets
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def __post_init__(self) -> None:
+        _positive("transformer", num_attention_heads=self.num_attention_heads,
+                  attention_head_dim=self.attention_head_dim, num_layers=self.num_layers,
+                  text_embed_dim=self.text_embed_dim, patch_size=self.patch_size, patch_size_t=self.patch_size_t)
+        if sum(self.rope_axes_dim) != self.attention_head_dim or any(d % 2 for d in self.rope_axes_dim):
+            raise ConfigError(f"transformer.rope_axes_dim={list(self.rope_axes_dim)} must be even and sum to "
+                              f"attention_head_dim={self.attention_head_dim}")
+
+
+@dataclass(frozen=True)
+class Hunyuan15VAEConfig:
+    """HunyuanVideo-1.5 causal video VAE (`AutoencoderKLHunyuanVideo15`)."""
+
+    latent_channels: int
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    spatial_compression: int = 16
+    temporal_compression: int = 4
+    scaling_factor: float = 1.03682
+
+    def __post_init__(self) -> None:
+        _positive("vae", latent_channels=self.latent_channels, layers_per_block=self.layers_per_block,
+                  spatial_compression=self.spatial_compression, temporal_compression=self.temporal_compression,
+                  scaling_factor=self.scaling_factor)
+        for name in ("spatial_compression", "temporal_compression"):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ConfigError(f"vae.{name}={value} must be a power of two")
+        downsamples = self.spatial_compression.bit_length() - 1
+        if len(self.block_out_channels) <= downsamples or self.temporal_compression > self.spatial_compression:
+            raise ConfigError(f"vae: block_out_channels={list(self.block_out_channels)} needs more than "
+                              f"log2(spatial_compression)={downsamples} entries, and temporal_compression="
+                              f"{self.temporal_compression} may not exceed spatial_compression")
+        if self.block_out_channels[-1] % (2 * self.latent_channels):
+            raise ConfigError(f"vae.block_out_channels[-1]={self.block_out_channels[-1]} must be a multiple of "
+                              f"2 * latent_channels={2 * self.latent_channels}")
+
+
+@dataclass(frozen=True)
+class Hunyuan15SchedulerConfig:
+    """Flow-matching Euler schedule with a fixed shift (`FlowMatchEulerDiscreteScheduler`): 7 for the 480p
+    step-distilled image-to-video model, 5 for the 50-step one."""
+
+    shift: float = 7.0
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        _positive("scheduler", shift=self.shift, num_train_timesteps=self.num_train_timesteps)
+
+
+@dataclass(frozen=True)
+class Hunyuan15DecoderConfig(_DecoderSteps):
+    """HunyuanVideo-1.5 image-to-video: transformer, VAE and schedule."""
+
+    transformer: Hunyuan15TransformerConfig
+    vae: Hunyuan15VAEConfig
+    scheduler: Hunyuan15SchedulerConfig = Hunyuan15SchedulerConfig()
+    family: Literal["hunyuan15"] = "hunyuan15"
+
+    def __post_init__(self) -> None:
+        _family(self, "hunyuan15")
+
+    @property
+    def conditioning_channels(self) -> int:
+        return self.transformer.text_embed_dim
+
+
+DecoderConfig = LTXDecoderConfig | Hunyuan15DecoderConfig
+DECODER_FAMILIES = ("ltx", "hunyuan15")  # the `decoder.family` values, one per class of DecoderConfig
+
+
+def _family(section, expected: str) -> None:
+    if section.family != expected:
+        raise ConfigError(f"decoder.family={section.family!r} does not match {type(section).__name__} "
+                          f"(family {expected!r})")
+
+
+@dataclass(frozen=True)
+class SpatialEncoderConfig:
+    """DINOv2 (transformers' `Dinov2Model`): patch features of the conditioning image, fused with the world latent
+    in the adapter (the hybrid encoder). `image_size` sizes its position table; the image is resized (shortest
+    edge `resize_size`), center-cropped to `crop_size` and normalised (ImageNet mean/std), as `BitImageProcessor`."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    mlp_ratio: int = 4
+    patch_size: int = 14
+    image_size: int = 224
+    crop_size: int = 224
+    resize_size: int = 256
+    layer_norm_eps: float = 1e-6
+    layerscale_value: float = 1.0
+    use_swiglu_ffn: bool = False
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per image (the features the adapter attends to besides the world latent)."""
+        return (self.crop_size // self.patch_size) ** 2
+
+    def __post_init__(self) -> None:
+        _positive("spatial_encoder", hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                  num_attention_heads=self.num_attention_heads, patch_size=self.patch_size,
+                  image_size=self.image_size, crop_size=self.crop_size, resize_size=self.resize_size)
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"spatial_encoder.hidden_size={self.hidden_size} not divisible by "
+                              f"num_attention_heads={self.num_attention_heads}")
+        if self.crop_size % self.patch_size or self.crop_size > self.resize_size:
+            raise ConfigError(f"spatial_encoder.crop_size={self.crop_size} must be a multiple of patch_size="
+                              f"{self.patch_size} and <= resize_size={self.resize_size}")
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """The largest request an engine accepts (`Engine.predict` refuses anything beyond, before any model runs).
@@ -251,28 +426,27 @@ class ModelConfig:
     text: TextConfig
     processor: ProcessorConfig
     adapter: AdapterConfig
-    transformer: TransformerConfig
-    vae: VAEConfig
-    scheduler: SchedulerConfig
+    decoder: DecoderConfig
     generation: GenerationConfig
+    spatial_encoder: SpatialEncoderConfig | None = None  # the hybrid encoder's DINOv2; None: off
 
     def __post_init__(self) -> None:
         if self.vision.out_hidden_size != self.text.hidden_size:
             raise ConfigError(f"vision.out_hidden_size={self.vision.out_hidden_size} must equal "
                               f"text.hidden_size={self.text.hidden_size}")
-        if self.vae.latent_channels != self.transformer.in_channels:
-            raise ConfigError(f"vae.latent_channels={self.vae.latent_channels} must equal "
-                              f"transformer.in_channels={self.transformer.in_channels}")
+        if not isinstance(self.decoder, (LTXDecoderConfig, Hunyuan15DecoderConfig)):
+            raise ConfigError(f"decoder must be one of {list(DECODER_FAMILIES)}'s sections, got "
+                              f"{type(self.decoder).__name__}")
 
     @property
     def spatial_step(self) -> int:
         """Frame sides must be multiples of this: VAE compression x transformer patch."""
-        return self.vae.spatial_compression * self.transformer.patch_size
+        return self.decoder.spatial_step
 
     @property
     def temporal_step(self) -> int:
         """Frame counts must be `temporal_step * k + 1`."""
-        return self.vae.temporal_compression * self.transformer.patch_size_t
+        return self.decoder.temporal_step
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -311,12 +485,29 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         item = args[0]
         return tuple(_build(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
-        return value
+        return _build_union(typing.get_args(tp), value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _build_union(options: tuple, value: Any, where: str) -> Any:
+    """`X | None` and discriminated sections: a dataclass picked by the JSON's `family` (the decoder)."""
+    if value is None and type(None) in options:
+        return None
+    classes = [c for c in options if dataclasses.is_dataclass(c)]
+    if not classes:
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object, got {value!r}")
+    if len(classes) == 1:
+        return _build(classes[0], value, where)
+    families = {c.family: c for c in classes}  # the default of each class's `family` field
+    if value.get("family") not in families:
+        raise ConfigError(f"{where}.family={value.get('family')!r}: choose one of {sorted(families)}")
+    return _build(families[value["family"]], value, where)
 
 
 # --------------------------------------------------------------------------------------------- presets
@@ -331,14 +522,14 @@ def _tiny() -> ModelConfig:
         processor=ProcessorConfig(min_pixels=56 * 56, max_pixels=56 * 56, max_images=4, max_prompt_tokens=512,
                                   tokenizer_vocab_size=512),
         adapter=AdapterConfig(num_query_tokens=8, num_tokens=16, width=64, num_layers=2, num_heads=4),
-        transformer=TransformerConfig(in_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-                                      caption_channels=64),
-        vae=VAEConfig(latent_channels=8, block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
-                      spatio_temporal_scaling=(True, True, False, False),
-                      decoder_block_out_channels=(8, 8, 8, 8), decoder_layers_per_block=(1, 1, 1, 1, 1),
-                      decoder_spatio_temporal_scaling=(True, True, False, False),
-                      decoder_inject_noise=(False, False, False, False, False), patch_size=1),
-        scheduler=SchedulerConfig(),
+        decoder=LTXDecoderConfig(
+            transformer=TransformerConfig(in_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                                          caption_channels=64),
+            vae=VAEConfig(latent_channels=8, block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+                          spatio_temporal_scaling=(True, True, False, False),
+                          decoder_block_out_channels=(8, 8, 8, 8), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                          decoder_spatio_temporal_scaling=(True, True, False, False),
+                          decoder_inject_noise=(False, False, False, False, False), patch_size=1)),
         generation=GenerationConfig(height=64, width=64, num_frames=9, num_inference_steps=4, max_new_tokens=8,
                                     limits=RequestLimits(max_side=128, max_frames=33, max_cost=1_000_000)),
     )
@@ -355,14 +546,14 @@ def _small() -> ModelConfig:
         processor=ProcessorConfig(min_pixels=112 * 112, max_pixels=112 * 112, max_images=4, max_prompt_tokens=1024,
                                   tokenizer_vocab_size=2048),
         adapter=AdapterConfig(num_query_tokens=32, num_tokens=64, width=256, num_layers=2, num_heads=4),
-        transformer=TransformerConfig(in_channels=32, num_attention_heads=8, attention_head_dim=64, num_layers=8,
-                                      caption_channels=512),
-        vae=VAEConfig(latent_channels=32, block_out_channels=(32, 64, 64, 64), layers_per_block=(1, 1, 1, 1, 1),
-                      spatio_temporal_scaling=(True, True, True, False),
-                      decoder_block_out_channels=(32, 64, 64, 64), decoder_layers_per_block=(1, 1, 1, 1, 1),
-                      decoder_spatio_temporal_scaling=(True, True, True, False),
-                      decoder_inject_noise=(False, False, False, False, False), patch_size=2),
-        scheduler=SchedulerConfig(),
+        decoder=LTXDecoderConfig(
+            transformer=TransformerConfig(in_channels=32, num_attention_heads=8, attention_head_dim=64, num_layers=8,
+                                          caption_channels=512),
+            vae=VAEConfig(latent_channels=32, block_out_channels=(32, 64, 64, 64), layers_per_block=(1, 1, 1, 1, 1),
+                          spatio_temporal_scaling=(True, True, True, False),
+                          decoder_block_out_channels=(32, 64, 64, 64), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                          decoder_spatio_temporal_scaling=(True, True, True, False),
+                          decoder_inject_noise=(False, False, False, False, False), patch_size=2)),
         generation=GenerationConfig(height=256, width=256, num_frames=17, num_inference_steps=8, max_new_tokens=32,
                                     limits=RequestLimits(max_side=512, max_frames=65, max_cost=1_000_000)),
     )
@@ -379,23 +570,79 @@ def _full() -> ModelConfig:
                         max_position_embeddings=128000),
         processor=ProcessorConfig(min_pixels=3136, max_pixels=448 * 448, max_images=8, max_prompt_tokens=8192),
         adapter=AdapterConfig(num_query_tokens=64, num_tokens=128, width=512, num_layers=2, num_heads=8),
-        transformer=TransformerConfig(in_channels=128, num_attention_heads=32, attention_head_dim=64, num_layers=28,
-                                      caption_channels=4096),
-        vae=VAEConfig(latent_channels=128, block_out_channels=(128, 256, 512, 512), layers_per_block=(4, 3, 3, 3, 4),
-                      spatio_temporal_scaling=(True, True, True, False),
-                      decoder_block_out_channels=(128, 256, 512, 512), decoder_layers_per_block=(4, 3, 3, 3, 4),
-                      decoder_spatio_temporal_scaling=(True, True, True, False),
-                      decoder_inject_noise=(False, False, False, False, False), patch_size=4),
-        scheduler=SchedulerConfig(),
+        decoder=LTXDecoderConfig(
+            transformer=TransformerConfig(in_channels=128, num_attention_heads=32, attention_head_dim=64,
+                                          num_layers=28, caption_channels=4096),
+            vae=VAEConfig(latent_channels=128, block_out_channels=(128, 256, 512, 512),
+                          layers_per_block=(4, 3, 3, 3, 4), spatio_temporal_scaling=(True, True, True, False),
+                          decoder_block_out_channels=(128, 256, 512, 512), decoder_layers_per_block=(4, 3, 3, 3, 4),
+                          decoder_spatio_temporal_scaling=(True, True, True, False),
+                          decoder_inject_noise=(False, False, False, False, False), patch_size=4)),
         generation=GenerationConfig(height=512, width=768, num_frames=121, num_inference_steps=8, max_new_tokens=128),
     )
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "full": _full}
+# HunyuanVideo-1.5 presets: the same VLM and adapter as their LTX counterparts, the decoder swapped.
+def _tiny_hunyuan15() -> ModelConfig:
+    return _tiny().replace(
+        name="tiny-hunyuan15",
+        decoder=Hunyuan15DecoderConfig(
+            transformer=Hunyuan15TransformerConfig(num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                                                   num_refiner_layers=1, text_embed_dim=64, rope_axes_dim=(4, 6, 6),
+                                                   text_embed_2_dim=8, image_embed_dim=8, target_size=64),
+            vae=Hunyuan15VAEConfig(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                   spatial_compression=8, temporal_compression=4),
+            scheduler=Hunyuan15SchedulerConfig(shift=5.0)))
+
+
+def _small_hunyuan15() -> ModelConfig:
+    return _small().replace(
+        name="small-hunyuan15",
+        decoder=Hunyuan15DecoderConfig(
+            transformer=Hunyuan15TransformerConfig(num_attention_heads=8, attention_head_dim=64, num_layers=6,
+                                                   text_embed_dim=512, rope_axes_dim=(16, 24, 24),
+                                                   text_embed_2_dim=64, image_embed_dim=64, target_size=256),
+            vae=Hunyuan15VAEConfig(latent_channels=16, block_out_channels=(32, 64, 64, 64, 64), layers_per_block=1),
+            scheduler=Hunyuan15SchedulerConfig(shift=5.0)))
+
+
+def _full_hunyuan15() -> ModelConfig:
+    # HunyuanVideo-1.5 (8.3B) 480p image-to-video as published (the step-distilled model: 8 steps, no CFG, shift 7)
+    return _full().replace(
+        name="full-hunyuan15",
+        decoder=Hunyuan15DecoderConfig(
+            transformer=Hunyuan15TransformerConfig(num_attention_heads=16, attention_head_dim=128, num_layers=54,
+                                                   text_embed_dim=3584, rope_axes_dim=(16, 56, 56)),
+            vae=Hunyuan15VAEConfig(latent_channels=32, block_out_channels=(128, 256, 512, 1024, 1024),
+                                   layers_per_block=2),
+            scheduler=Hunyuan15SchedulerConfig(shift=7.0)),
+        generation=GenerationConfig(height=480, width=848, num_frames=121, num_inference_steps=8,
+                                    max_new_tokens=128))
+
+
+# Hybrid-encoder presets: their base preset plus a DINOv2 (ViT-L/14 on the full size, as the research used).
+def _tiny_hybrid() -> ModelConfig:
+    return _tiny().replace(name="tiny-hybrid", spatial_encoder=SpatialEncoderConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56, crop_size=56, resize_size=64))
+
+
+def _small_hybrid() -> ModelConfig:
+    return _small().replace(name="small-hybrid", spatial_encoder=SpatialEncoderConfig(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, image_size=112, crop_size=112, resize_size=128))
+
+
+def _full_hybrid() -> ModelConfig:
+    return _full().replace(name="full-hybrid", spatial_encoder=SpatialEncoderConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=518))
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "full": _full, "tiny-hunyuan15": _tiny_hunyuan15,
+           "small-hunyuan15": _small_hunyuan15, "full-hunyuan15": _full_hunyuan15, "tiny-hybrid": _tiny_hybrid,
+           "small-hybrid": _small_hybrid, "full-hybrid": _full_hybrid}
 
 
 def preset(name: str) -> ModelConfig:
-    """The config of a named preset (`tiny`, `small`, `full`)."""
+    """The config of a named preset (`tiny`, `small`, `full`, their `-hunyuan15` and `-hybrid` variants)."""
     try:
         return PRESETS[name]()
     except KeyError:
@@ -403,6 +650,8 @@ def preset(name: str) -> ModelConfig:
 
 
 __all__ = [
-    "AdapterConfig", "GenerationConfig", "ModelConfig", "ProcessorConfig", "RequestLimits", "SchedulerConfig",
-    "TextConfig", "TransformerConfig", "VAEConfig", "VisionConfig", "PRESETS", "preset",
+    "AdapterConfig", "DECODER_FAMILIES", "DecoderConfig", "GenerationConfig", "Hunyuan15DecoderConfig",
+    "Hunyuan15SchedulerConfig", "Hunyuan15TransformerConfig", "Hunyuan15VAEConfig", "LTXDecoderConfig", "ModelConfig",
+    "ProcessorConfig", "RequestLimits", "SchedulerConfig", "SpatialEncoderConfig", "TextConfig", "TransformerConfig", "VAEConfig",
+    "VisionConfig", "PRESETS", "preset",
 ]

@@ -3,7 +3,11 @@
 
 Norms need no entry of their own: Qwen2.5-VL's RMSNorm and diffusers' RMSNorm/LayerNorm upcast to fp32 inside,
 whatever their weights' dtype. What a policy keeps higher is whole components (the VAE under fp16) and, under
-fp8, the layers named in `keep_high` (kept in `high`).
+fp8 and int8, the layers named in `keep_high` (kept in `high`).
+
+fp8 and int8 are the same scheme on two kinds of hardware: the Linears of the two transformers (backbone, LTX)
+with calibrated scales, everything else in `high`. fp8 is real on a GPU (TensorRT) and simulated on a CPU; int8
+is real on a CPU (`foresight_engine/int8.py`: oneDNN's VNNI/AMX GEMMs through the compile backend).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 
 from .errors import ConfigError
 
-COMPONENTS = ("vision_tower", "backbone", "adapter", "video_decoder", "vae")
+COMPONENTS = ("vision_tower", "backbone", "adapter", "video_decoder", "vae", "spatial_encoder")  # the last: hybrid
 
 
 class Precision(str, enum.Enum):
@@ -24,6 +28,7 @@ class Precision(str, enum.Enum):
     BF16 = "bf16"
     FP16 = "fp16"
     FP8 = "fp8"  # e4m3 weights+activations of nn.Linear (simulated on a CPU), the rest in bf16
+    INT8 = "int8"  # int8 weights (per channel) + uint8 activations (per tensor) of nn.Linear, the rest in bf16
 
     @classmethod
     def parse(cls, value: "str | Precision") -> "Precision":
@@ -33,27 +38,36 @@ class Precision(str, enum.Enum):
             raise ConfigError(f"unknown precision {value!r}; choose one of {[p.value for p in cls]}") from None
 
     @property
+    def quantized(self) -> bool:
+        """fp8 and int8: calibrated Linears, the rest of the component in the policy's `high` precision."""
+        return self in (Precision.FP8, Precision.INT8)
+
+    @property
     def storage_dtype(self) -> torch.dtype:
-        """The dtype weights are stored and run in (fp8: see `PrecisionPolicy.dtype`)."""
-        if self == Precision.FP8:
-            raise ConfigError("fp8 weights are stored in the policy's `high` precision: use PrecisionPolicy.dtype")
+        """The dtype weights are stored and run in (fp8, int8: see `PrecisionPolicy.dtype`)."""
+        if self.quantized:
+            raise ConfigError(f"{self.value} components keep their other weights in the policy's `high` precision: "
+                              "use PrecisionPolicy.dtype")
         return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self]
 
 
-# Layers an fp8 policy keeps in `high`: the final projections and embeddings (PTQ error concentrates there).
+# Layers an fp8 or int8 policy keeps in `high`: the final projections and embeddings (PTQ error concentrates there).
 FP8_KEEP_HIGH = ("lm_head", "proj_out", "embed", "patch_embed", "caption_projection", "time_embed", "latent_in",
                  "merger")
+INT8_KEEP_HIGH = FP8_KEEP_HIGH
 
 
 @dataclass(frozen=True)
 class PrecisionPolicy:
-    """Precision per component (`COMPONENTS`), plus the layers an fp8 component keeps in `high`."""
+    """Precision per component (`COMPONENTS`; `spatial_encoder` applies when the model has the hybrid encoder),
+    plus the layers an fp8/int8 component keeps in `high`."""
 
     vision_tower: Precision
     backbone: Precision
     adapter: Precision
     video_decoder: Precision
     vae: Precision
+    spatial_encoder: Precision
     keep_high: tuple[str, ...] = field(default=())
     high: Precision = Precision.BF16
     # FP8 options of the attention (quantized Q/DQ around it; see builders/fp8_attention.py), behind the gate:
@@ -66,8 +80,9 @@ class PrecisionPolicy:
                 value = getattr(self, f.name)
                 if not isinstance(value, Precision):
                     object.__setattr__(self, f.name, Precision.parse(value))
-        if self.high == Precision.FP8:
-            raise ConfigError("precision policy: high=fp8 makes no sense (it is what sensitive layers avoid)")
+        if self.high.quantized:
+            raise ConfigError(f"precision policy: high={self.high.value} makes no sense (it is what sensitive layers "
+                              "avoid)")
         if not isinstance(self.keep_high, tuple):
             object.__setattr__(self, "keep_high", tuple(self.keep_high))
         for name in ("fp8_kv_cache", "fp8_attention"):
@@ -86,17 +101,21 @@ class PrecisionPolicy:
     @classmethod
     def for_precision(cls, precision: "str | Precision", high: "str | Precision" = "bf16", *,
                       fp8_kv_cache: bool = False, fp8_attention: bool = False) -> "PrecisionPolicy":
-        """The default policy of a requested precision; `high` is what fp8 keeps its sensitive parts in."""
+        """The default policy of a requested precision; `high` is what fp8/int8 keep their sensitive parts in."""
         p, high = Precision.parse(precision), Precision.parse(high)
+        options = dict(fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
         if p == Precision.FP16:
             # fp16 overflows in the VAE's decoder convolutions: keep it in fp32
-            return cls(p, p, p, p, Precision.FP32, fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
+            return cls(p, p, p, p, Precision.FP32, p, **options)
         if p == Precision.FP8:
-            # fp8 where the FLOPs are (the two transformers' Linears); vision, adapter, VAE and the sensitive
-            # layers in `high`
-            return cls(high, p, high, p, high, keep_high=FP8_KEEP_HIGH, high=high, fp8_kv_cache=fp8_kv_cache,
-                       fp8_attention=fp8_attention)
-        return cls(p, p, p, p, p, fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
+            # fp8 where the FLOPs are (the two transformers' Linears); vision, adapter, VAE, DINOv2 and the
+            # sensitive layers in `high`
+            return cls(high, p, high, p, high, high, keep_high=FP8_KEEP_HIGH, high=high, **options)
+        if p == Precision.INT8:
+            # the same split on the CPU: int8 where the FLOPs are, vision tower, adapter, VAE, DINOv2, norms and
+            # the sensitive layers in `high`
+            return cls(high, p, high, p, high, high, keep_high=INT8_KEEP_HIGH, high=high, **options)
+        return cls(p, p, p, p, p, p, **options)
 
     def of(self, component: str) -> Precision:
         if component not in COMPONENTS:
@@ -104,12 +123,13 @@ class PrecisionPolicy:
         return getattr(self, component)
 
     def dtype(self, component: str) -> torch.dtype:
-        """What the component's weights are stored and run in (fp8 Linears keep `high` master weights)."""
+        """What the component's weights are stored and run in (fp8 Linears keep `high` master weights; int8 Linears
+        their bias and output)."""
         p = self.of(component)
-        return self.high.storage_dtype if p == Precision.FP8 else p.storage_dtype
+        return self.high.storage_dtype if p.quantized else p.storage_dtype
 
     def keeps_high(self, module_name: str) -> bool:
-        """Whether layer `module_name` of an fp8 component stays in `high`."""
+        """Whether layer `module_name` of an fp8/int8 component stays in `high`."""
         return any(part in module_name for part in self.keep_high)
 
     @property
@@ -149,4 +169,4 @@ def apply_policy(components: dict[str, torch.nn.Module], policy: PrecisionPolicy
         module.to(policy.dtype(name))
 
 
-__all__ = ["COMPONENTS", "FP8_KEEP_HIGH", "Precision", "PrecisionPolicy", "apply_policy"]
+__all__ = ["COMPONENTS", "FP8_KEEP_HIGH", "INT8_KEEP_HIGH", "Precision", "PrecisionPolicy", "apply_policy"]

@@ -8,9 +8,22 @@ from foresight_engine.models.glp import GLPModel
 
 
 @pytest.fixture(scope="session")
-def engine() -> Engine:
+def engine_of():
+    """`engine_of(preset)`: one engine of that preset with seed 0 per session (tiny variants: `tiny-hunyuan15`,
+    `tiny-hybrid`), shared by every test that does not change weights."""
+    engines: dict[str, Engine] = {}
+
+    def get(name: str) -> Engine:
+        if name not in engines:
+            engines[name] = Engine.from_preset(name, seed=0)
+        return engines[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def engine(engine_of) -> Engine:
     """The tiny preset with seed 0: shared by every test that does not change weights."""
-    return Engine.from_preset("tiny", seed=0)
+    return engine_of("tiny")
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,10 @@ def test_every_backend_has_an_entry_and_a_runner_with_load():
 def test_lookups_replace_backend_strings():
     assert Backend.parse("onnx") is Backend.ONNX and Backend.ONNX.spec.takes("decode")
     assert not Backend.COMPILE.spec.takes("prefill") and Backend.COMPILE.spec.takes("decode")  # fixed-shape decode
-    assert all(spec.takes("vision") for spec in REGISTRY.values())  # host-computed window layout: fixed shapes
-    assert Backend.COMPILE.spec.options_for("cpu")["mode"] is None
-    assert "cudagraphs" in Backend.COMPILE.spec.options_for("cuda")["mode"]  # the engine graphs the loop itself
+    assert all(spec.takes("vision") for b, spec in REGISTRY.items() if b != Backend.COMPILE)  # host layout
+    cpu, cuda = Backend.COMPILE.spec.options_for("cpu"), Backend.COMPILE.spec.options_for("cuda")
+    assert cpu["aot"] and cpu["freezing"] and cpu["fullgraph"] and not cpu["max_autotune"]  # see backends.py
+    assert cuda["max_autotune"] and Backend.COMPILE.spec.static_denoise
     assert Backend.ONNX.spec.options_for(torch.device("cpu")) == {"opset": 20, "dynamo": True}
     assert not Backend.ONNX.spec.graphable and Backend.TENSORRT.spec.graphable
     assert Backend.parse("torch-tensorrt") is Backend.TORCH_TENSORRT and Backend.TORCH_TENSORRT.spec.graphable
@@ -46,6 +47,11 @@ def test_precisions_per_backend_and_device():
     Backend.ONNX.spec.check_policy(PrecisionPolicy.for_precision("fp8", high="fp32"), "cpu")
     assert Backend.ONNX.spec.high_precision("cpu").value == "fp32"
     assert Backend.TENSORRT.spec.high_precision("cuda").value == "bf16"
+    int8 = PrecisionPolicy.for_precision("int8")
+    Backend.COMPILE.spec.check_policy(int8, "cpu")  # oneDNN int8 GEMMs in the compiled graph
+    for backend, device in ((Backend.EAGER, "cpu"), (Backend.COMPILE, "cuda")):
+        with pytest.raises(ConfigError, match="int8"):
+            backend.spec.check_policy(int8, device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

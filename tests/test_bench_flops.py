@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from foresight_engine.bench.flops import count, count_flops
-from foresight_engine.bench.runner import Result, speedups, targets
+from foresight_engine.bench.runner import Result, compare, speedups, targets
 from foresight_engine.bench.stages import step_flops
 from foresight_engine.bench.timeline import spans_of
 
@@ -48,19 +48,31 @@ def test_step_flops_multiply_stages_by_their_calls():
     assert step_flops(stages, {**settings, "guidance_scale": 3.0}, 1) == 1 + 10 + 1000 + 8 * 10_000 + 100_000
 
 
-def _e2e(name, role, median):
-    return Result(f"end_to_end/{name}", "end_to_end", name, role, "fp32", "small", median, median, median, [median])
+def _e2e(name, role, median, lossless=True, psnr=None):
+    return Result(f"end_to_end/{name}", "end_to_end", name, role, "fp32", "small", median, median, median, [median],
+                  lossless=lossless, psnr_vs_reference=psnr)
 
 
-def test_speedups_and_targets_are_ratios_of_medians():
-    results = [_e2e("naive", "peer", 10.0), _e2e("best-peer", "peer", 4.0), _e2e("fast", "engine", 2.0)]
+def test_lossless_and_lossy_are_compared_apart_at_equal_quality():
+    results = [_e2e("naive", "peer", 10.0, psnr=60), _e2e("best-peer", "peer", 4.0, psnr=50),
+               _e2e("peer-cache-fast", "peer", 1.0, False, psnr=30),  # below 40 dB: not a fair peer
+               _e2e("peer-cache", "peer", 2.5, False, psnr=45),
+               _e2e("fast", "engine", 2.0, psnr=50), _e2e("cached", "engine", 1.0, False, psnr=41),
+               _e2e("cached-blurry", "engine", 0.5, False, psnr=39)]
     vs_naive, vs_best = speedups(results, "naive"), speedups(results, "best-peer")
     assert vs_naive["fast"] == 5.0 and vs_best["fast"] == 2.0
-    met = {t["what"]: t["met"] for t in targets(results, vs_naive, vs_best)}
-    assert met == {"fast end to end vs naive": True, "fast end to end vs best-peer": True}
+    configs, best_lossless, best_lossy = compare(results)
+    assert best_lossless["name"] == "fast" and best_lossless["speedup_vs_best_peer"] == 2.0
+    assert configs["fast"]["speedup_vs_best_lossy_peer"] is None  # lossless rows are never held to lossy peers
+    assert best_lossy["name"] == "cached" and best_lossy["best_lossy_peer"] == "peer-cache"
+    assert best_lossy["speedup_vs_naive"] == 10.0 and best_lossy["speedup_vs_best_lossy_peer"] == 2.5
+    met = {t["what"]: t["met"] for t in targets(results, best_lossless, best_lossy)}
+    assert met == {"best lossless (fast) vs naive": True, "best lossless (fast) vs best-peer": True,
+                   "best lossy >= 40 dB (cached) vs naive": True,
+                   "best lossy >= 40 dB (cached) vs the best lossy peer (peer-cache)": True}
     assert speedups(results[1:], "naive") == {}
     tiny = [Result(**{**vars(r), "preset": "tiny"}) for r in results]
-    assert targets(tiny, vs_naive, vs_best) == []  # the targets are set for the small preset
+    assert targets(tiny, best_lossless, best_lossy) == []  # the targets are set for the small preset
 
 
 def test_timeline_uses_spans_when_present_else_lays_stages_out_in_order():
@@ -87,3 +99,12 @@ def test_family_split_of_an_ltx_block_adds_up_and_finds_norms_and_rope():
     assert families["RoPE"].activation_elements > 0  # inside apply_rotary_emb
     linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
     assert families["GEMMs"].weight_elements == sum(p.numel() for m in linears for p in m.parameters())
+
+
+def test_timeline_colours_a_stage_the_same_in_every_panel():
+    from foresight_engine.bench.timeline import timeline_figure
+    fig = timeline_figure({"a": SimpleNamespace(stages={"vision": 1.0, "denoise": 2.0}),
+                           "b": SimpleNamespace(spans={"denoise": (0.0, 1.0), "text": (0.0, 0.5)})})
+    colours = [{tuple(bar.get_facecolor()) for bar in ax.patches} for ax in fig.axes]
+    (a_vision, a_denoise), (b_denoise, b_text) = ([tuple(p.get_facecolor()) for p in ax.patches] for ax in fig.axes)
+    assert a_denoise == b_denoise and len({a_vision, a_denoise, b_text}) == 3 and all(colours)

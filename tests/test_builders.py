@@ -72,8 +72,11 @@ def test_export_specs_describe_their_stages(tiny):
 
 
 def test_export_specs_name_every_stage_once(tiny):
+    from foresight_engine.config import preset
     from foresight_engine.models.export_spec import STAGES
-    assert tuple(export_specs(tiny.config)) == STAGES
+    assert tuple(export_specs(tiny.config)) == tuple(s for s in STAGES if s != "spatial")  # hybrid encoder only
+    assert tuple(export_specs(preset("tiny-hybrid"))) == STAGES
+    assert tuple(export_specs(preset("tiny-hunyuan15"))) == tuple(s for s in STAGES if s != "spatial")
 
 
 def test_prefill_on_a_cached_prefix_equals_one_prefill_and_decode_masks_the_unfilled_slots(tiny):

@@ -175,12 +175,12 @@ def test_interruption_points_are_host_only_and_graph_safe():
         with mode, torch.inference_mode(), interruptible(lambda: calls.append(1)):
             velocity = model.video_decoder.velocity_model(static)
             state, loop = denoising.start(
-                velocity, geometry, torch.randn(1, geometry.grid.num_tokens, geometry.grid.token_channels,
-                                                device="cuda"), geometry.pinned,
-                torch.randn(1, c.adapter.num_tokens, c.transformer.caption_channels, device="cuda"),
+                velocity, geometry, denoising.VideoStart(torch.randn(1, geometry.grid.num_tokens,
+                                                                     geometry.grid.token_channels, device="cuda")),
+                torch.randn(1, c.adapter.num_tokens, c.decoder.conditioning_channels, device="cuda"),
                 torch.ones(1, c.adapter.num_tokens, dtype=torch.long, device="cuda"), schedule, 3.0)
             denoising.denoise(velocity, state, loop)
-        assert len(calls) >= 2 * c.transformer.num_layers, (static, len(calls))  # 2 steps
+        assert len(calls) >= 2 * c.decoder.transformer.num_layers, (static, len(calls))  # 2 steps
 
         def stop():
             raise RequestCancelled("stop")

@@ -13,7 +13,6 @@ from foresight_engine.device import resolve_device
 from foresight_engine.engine.graphs import GraphedDenoiser
 from foresight_engine.engine.streams import BranchStreams
 from foresight_engine.errors import ConfigError, DeviceUnavailable, GraphCaptureError
-from foresight_engine.models import denoising
 from foresight_engine.models.glp import GLPModel
 from foresight_engine.serve import EngineSource
 
@@ -95,10 +94,7 @@ def test_cuda_graphs_are_refused_on_cpu_tensors(engine, image):
     request = engine.prepare(image, "What happens next?", num_inference_steps=2)
     with torch.inference_mode():
         cond, mask = engine.adapt(engine.prefill(request, engine.vision(request)).world_latent)
-        latents = engine.initial_latents(request, torch.Generator().manual_seed(0))
-        schedule = engine.model.video_decoder.schedule(2, request.geometry.grid.num_tokens)
-        g = request.geometry
-        state, loop = denoising.start(engine.velocity, g, latents, g.pinned, cond, mask, schedule, 1.0)
+        state, loop = engine.start_denoising(request, cond, mask, torch.Generator().manual_seed(0))
         with pytest.raises(GraphCaptureError, match=r"\d+ tensor\(s\) .*proj_in.weight on cpu"):
             GraphedDenoiser().run(engine.velocity, state, loop)
 
@@ -110,3 +106,6 @@ def test_streams_are_a_no_op_on_the_cpu():
     x = torch.ones(2)
     with streams.front(), streams.branch("video", handoff, x), streams.branch("text", handoff, x):
         assert torch.equal(x + 1, torch.full((2,), 2.0))
+    with streams.branch("spatial"):
+        done = streams.record("spatial")
+    assert done is None and streams.wait(done, x) is None

@@ -33,7 +33,7 @@ def skip_head(name: str, layer: nn.Module) -> bool:
 def adapter() -> ConditioningAdapter:
     config = preset("tiny")
     torch.manual_seed(0)
-    return ConditioningAdapter(config.adapter, config.text.hidden_size, config.transformer.caption_channels).eval()
+    return ConditioningAdapter(config.adapter, config.text.hidden_size, config.decoder.conditioning_channels).eval()
 
 
 def _latents(adapter, seed: int, n: int = 3) -> list[tuple[torch.Tensor]]:

@@ -17,16 +17,16 @@ def _plan_inputs(engine, image, steps=2):
     with torch.inference_mode():
         prefill = engine.prefill(request, engine.vision(request))
         cond, mask = engine.adapt(prefill.world_latent)
-        latents = engine.initial_latents(request, torch.Generator().manual_seed(0))
+        video = engine.video_start(request, torch.Generator().manual_seed(0))
     schedule = engine.model.video_decoder.schedule(steps, request.geometry.grid.num_tokens)
-    return request.geometry, latents, cond, mask, schedule
+    return request.geometry, video, cond, mask, schedule
 
 
 def _run(transformer, inputs, guidance=1.0):
-    geometry, latents, cond, mask, schedule = inputs
+    geometry, video, cond, mask, schedule = inputs
     velocity = StaticVelocity(transformer)
     with torch.inference_mode():
-        state, loop = denoising.start(velocity, geometry, latents, geometry.pinned, cond, mask, schedule, guidance)
+        state, loop = denoising.start(velocity, geometry, video, cond, mask, schedule, guidance)
         return denoising.denoise(velocity, state, loop), state.ops
 
 
@@ -40,7 +40,7 @@ def test_static_loop_with_and_without_the_kernels(engine, image, dtype, tol):
     with kernels.set_wiring("off"):
         plain, none = _run(transformer, inputs, guidance=3.0)
     assert ops == frozenset(kernels.OPS) and none == frozenset()
-    latents = inputs[1]
+    latents = inputs[1].latents
     assert not torch.equal(fused, latents)
     rel = (fused - plain).norm() / (plain - latents).norm()  # relative to what the loop moved
     assert rel < tol, rel
@@ -64,7 +64,7 @@ def test_vision_tower_window_attention_goes_through_the_op(engine, image, monkey
 
 def test_wired_denoising_step_is_graph_safe_on_a_fake_cuda_device(engine, image):
     """With every op wired on CUDA, one step of the static loop has no host read and no CPU tensor inside."""
-    geometry, latents, cond, mask, schedule = _plan_inputs(engine, image)
+    geometry, video, cond, mask, schedule = _plan_inputs(engine, image)
     transformer = copy.deepcopy(engine.model.video_decoder.transformer)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode, kernels.set_wiring("all"):
         transformer.to("cuda")
@@ -72,7 +72,7 @@ def test_wired_denoising_step_is_graph_safe_on_a_fake_cuda_device(engine, image)
         schedule = type(schedule)(cuda(schedule.timesteps), cuda(schedule.sigmas))
         velocity = StaticVelocity(transformer)
         with torch.inference_mode():
-            state, loop = denoising.start(velocity, geometry, cuda(latents), geometry.pinned, cuda(cond),
+            state, loop = denoising.start(velocity, geometry, denoising.VideoStart(cuda(video.latents)), cuda(cond),
                                           cuda(mask), schedule, 3.0)
             assert state.ops == frozenset(kernels.OPS)
             denoising.denoise_step(velocity, state, loop, 0)  # a host read would raise DataDependentOutputException

@@ -23,7 +23,7 @@ def h100_fp8():
 
 def ltx_forward_flops_by_hand(tokens: int, text_tokens: int) -> float:
     """Matmul FLOPs of one LTX-Video transformer forward (2 per multiply-add), from the config alone."""
-    tr = preset("full").transformer
+    tr = preset("full").decoder.transformer
     d, c = tr.inner_dim, tr.caption_channels
     per_layer = (
         2 * tokens * d * 3 * d  # self-attention q, k, v projections
@@ -110,6 +110,63 @@ def test_h100_pcie_is_planned_from_its_own_datasheet():
     from foresight_engine.bench.gpus import gpu
     pcie, sxm = gpu("h100-pcie"), gpu("h100")
     assert pcie.peak_flops("fp8") < sxm.peak_flops("fp8") and pcie.bandwidth == 2.0e12
+
+
+def hunyuan_forward_flops_by_hand(tokens: int, text_tokens: int) -> float:
+    """Matmul FLOPs of one HunyuanVideo-1.5 forward: per dual-stream block, each stream's q, k, v, output and 4x
+    feed-forward projections (24 D^2 per token) and one joint attention over video + text tokens."""
+    tr = preset("full-hunyuan15").decoder.transformer
+    d, n = tr.inner_dim, tokens + text_tokens
+    per_layer = 2 * 12 * n * d * d + 2 * 2 * n * n * d
+    return tr.num_layers * per_layer
+
+
+@pytest.fixture(scope="module")
+def hunyuan_h100_fp8():
+    """The CLI's JSON for the full HunyuanVideo-1.5 preset on an H100 at FP8 (its own generation defaults)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["plan", "--preset", "full-hunyuan15", "--gpu", "h100", "--precision", "fp8", "--json"]) == 0
+    return json.loads(printed.getvalue())
+
+
+def test_hunyuan_step_flops_match_a_hand_count(hunyuan_h100_fp8):
+    """The plan counts the family's own `denoise` stage (what builders export): one full-size HunyuanVideo-1.5 step
+    at 480x848, 121 frames, 8 steps (the preset's defaults, not LTX's)."""
+    s = hunyuan_h100_fp8["settings"]
+    assert (s["height"], s["width"], s["num_frames"], s["steps"]) == (480, 848, 121, 8)
+    denoise = next(st for st in hunyuan_h100_fp8["stages"] if st["name"] == "denoise")
+    per_step = denoise["flops"] / denoise["calls"]
+    tokens = ((121 - 1) // 4 + 1) * (480 // 16) * (848 // 16)  # 31 x 30 x 53 = 49290
+    by_hand = hunyuan_forward_flops_by_hand(tokens, preset("full-hunyuan15").adapter.num_tokens)
+    assert 1.3e15 < by_hand < 1.4e15  # ~1.35 PFLOP per step, ~80% of it in attention
+    assert abs(per_step - by_hand) / by_hand < 0.05
+
+
+def test_hunyuan_plan_sits_beside_the_published_figure(hunyuan_h100_fp8):
+    """The datasheet comparison: the same counts projected on the GPU and precision of the quoted ~75 s (RTX 4090,
+    bf16), and the table line that says how the quote compares with that lower bound."""
+    from foresight_engine.bench.gpus import gpu
+    from foresight_engine.bench.plan import Plan, StagePlan, format_plan
+    f = hunyuan_h100_fp8["extra"]["published"]
+    assert (f["gpu"], f["precision"], f["seconds"]) == ("rtx4090", "bf16", 75.0)
+    denoise = next(st for st in hunyuan_h100_fp8["stages"] if st["name"] == "denoise")
+    assert f["projected_video_s"] >= denoise["flops"] / gpu("rtx4090").peak_flops("bf16")  # at least the compute
+    assert f["projected_video_s"] <= f["projected_step_s"] and f["fits_in_memory"] is False  # 24 GB < the weights
+    fields = {**hunyuan_h100_fp8, "stages": [StagePlan(**st) for st in hunyuan_h100_fp8["stages"]]}
+    assert "published: ~75 s per clip on rtx4090 at bf16" in format_plan(Plan(**fields))
+
+
+def test_hybrid_plan_counts_dinov2_beside_the_prefill():
+    # a short clip keeps the count quick; DINOv2's cost does not depend on the video
+    p = plan("full-hybrid", "h100", "bf16", PlanSettings(height=256, width=256, num_frames=9, new_tokens=2))
+    assert [s.name for s in p.stages][:3] == ["vision", "spatial", "prefill"]
+    dinov2 = next(s for s in p.stages if s.name == "spatial")
+    assert dinov2.calls == 1 and 0.15e12 < dinov2.flops < 0.17e12  # ViT-L/14 on 257 tokens: ~2 x 304M x 257 + attn
+    ms = {s.name: s.projected_s for s in p.stages}
+    # one GPU: DINOv2 and the prefill are both compute work, so its time adds to the front (no free overlap)
+    front = ms["vision"] + ms["spatial"] + ms["prefill"]
+    assert p.projected_step_s >= front + max(ms["text"], ms["adapter"] + ms["denoise"] + ms["vae"])
 
 
 def test_plan_splits_each_stage_by_operator_family(h100_fp8):

@@ -1,12 +1,12 @@
 """The engine's eager path equals the libraries it is built from: transformers' greedy generate() for the text,
-diffusers' LTX image-to-video pipeline (fed the adapter's output as prompt embeddings) for the video."""
+each decoder family's diffusers image-to-video pipeline (LTX-Video's, HunyuanVideo-1.5's; fed the adapter's output
+as prompt embeddings) for the video."""
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline
 
 from foresight_engine import Engine
-from foresight_engine.models.video_decoder import scheduler_kwargs
+from foresight_engine.models.families import family
 
 
 def _generate_reference(engine, request, max_new_tokens):
@@ -29,7 +29,9 @@ def test_text_equals_transformers_generate(engine, image, other_image, num_image
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
-def test_video_equals_diffusers_image_to_video(engine, image, guidance_scale):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-hunyuan15"])
+def test_video_equals_diffusers_image_to_video(engine_of, image, preset, guidance_scale):
+    engine = engine_of(preset)
     settings = dict(num_frames=9, height=64, width=64, num_inference_steps=3, guidance_scale=guidance_scale, seed=7)
     eager = Engine(engine.model, static=False, overlap=False)  # the eager reference loops
     pred = eager.predict(image, "What happens next?", max_new_tokens=1, **settings)
@@ -39,18 +41,10 @@ def test_video_equals_diffusers_image_to_video(engine, image, guidance_scale):
     with torch.inference_mode():
         prefill = engine.prefill(request, engine.vision(request))
         cond, mask = engine.adapt(prefill.world_latent)
-    m = engine.model
-    pipe = LTXImageToVideoPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(m.config.scheduler)), vae=m.vae.vae,
-        text_encoder=None, tokenizer=None, transformer=m.video_decoder.transformer)
-    pipe.set_progress_bar_config(disable=True)
-    extra = {}
-    if guidance_scale > 1:
-        extra = dict(negative_prompt_embeds=torch.zeros_like(cond), negative_prompt_attention_mask=mask)
-    ref = pipe(image=request.images[-1], prompt_embeds=cond, prompt_attention_mask=mask,
-               generator=torch.Generator("cpu").manual_seed(7), output_type="np", frame_rate=24,
-               height=64, width=64, num_frames=9, num_inference_steps=3, guidance_scale=guidance_scale,
-               **extra).frames[0]  # [F, H, W, 3] float in [0, 1]
+        pipe = family(engine.config).reference_pipeline(engine.model)
+        ref = pipe(request.images[-1], cond, mask, generator=torch.Generator("cpu").manual_seed(7), frame_rate=24,
+                   height=64, width=64, num_frames=9, num_inference_steps=3,
+                   guidance_scale=guidance_scale)  # [F, H, W, 3] float in [0, 1]
     assert ref.shape == pred.frames.shape
     # uint8 quantisation is the only difference allowed: |diff| <= half a level, plus float noise
     for frames in (pred.frames, runtime.frames):

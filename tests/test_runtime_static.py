@@ -1,5 +1,5 @@
-"""The one denoising loop with the static plan equals it with the plain transformer forward (the eager reference);
-the one KV cache's decode equals transformers' own DynamicCache decode (fp32)."""
+"""The one denoising loop with the static plan equals it with the plain transformer forward (the eager reference),
+for every decoder family; the one KV cache's decode equals transformers' own DynamicCache decode (fp32)."""
 import pytest
 import torch
 from transformers import DynamicCache
@@ -14,31 +14,51 @@ def _denoise_inputs(engine, image, guidance_scale, steps=3):
     with torch.inference_mode():
         prefill = engine.prefill(request, engine.vision(request))
         cond, mask = engine.adapt(prefill.world_latent)
-        latents = engine.initial_latents(request, torch.Generator().manual_seed(0))
+        video = engine.video_start(request, torch.Generator().manual_seed(0))
     schedule = engine.model.video_decoder.schedule(steps, request.geometry.grid.num_tokens)
-    return dict(geometry=request.geometry, latents=latents, cond=cond, mask=mask, schedule=schedule,
-                guidance=guidance_scale)
+    return dict(geometry=request.geometry, video=video, latents=video.latents, cond=cond, mask=mask,
+                schedule=schedule, guidance=guidance_scale)
 
 
 def _run(engine, x, static=True, step_cache=None, on_step=None):
     model = engine.model.video_decoder.velocity_model(static, step_cache)
-    g = x["geometry"]
     with torch.inference_mode():
-        state, loop = denoising.start(model, g, x["latents"], g.pinned, x["cond"], x["mask"], x["schedule"],
+        state, loop = denoising.start(model, x["geometry"], x["video"], x["cond"], x["mask"], x["schedule"],
                                       x["guidance"])
         return denoising.denoise(model, state, loop, on_step), state, loop
 
 
+def test_whole_step_module_equals_the_loop_step(engine, image):
+    """`StaticStep` (what a compile artifact exports as `denoise`: one module for every step, the index a tensor) run
+    as the loop's program equals the shared loop's own step, fp32."""
+    from foresight_engine import kernels
+    from foresight_engine.models.static_velocity import StaticStep, StaticVelocity, step_program
+    x = _denoise_inputs(engine, image, 3.0)
+    g, transformer = x["geometry"], engine.model.video_decoder.transformer
+    ref, _, _ = _run(engine, x)
+    ops = frozenset(kernels.wired_ops("cpu"))
+    velocity = StaticVelocity(transformer, ops=ops)
+    with torch.inference_mode():
+        state, loop = denoising.start(velocity, g, x["video"], x["cond"], x["mask"], x["schedule"], 3.0)
+        program = step_program(StaticStep(transformer, loop.batch, g.pinned, ops))
+        ours = denoising.denoise(velocity, state, loop, program=program)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours, x["latents"])
+
+
 @pytest.mark.parametrize("guidance_scale,steps", [(1.0, 3), (3.0, 3), (1.0, 1)])
-def test_static_velocity_equals_the_plain_forward(engine, image, guidance_scale, steps):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-hunyuan15"])
+def test_static_velocity_equals_the_plain_forward(engine_of, image, preset, guidance_scale, steps):
+    engine = engine_of(preset)
     x = _denoise_inputs(engine, image, guidance_scale, steps)
     ref, _, _ = _run(engine, x, static=False)
     ours, _, loop = _run(engine, x)
     assert loop.batch == (2 if guidance_scale > 1 else 1)  # CFG is one batched pass, skipped at 1
     assert not torch.equal(ref, x["latents"])  # the loop really moved the latents
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    pinned = x["geometry"].pinned
-    assert torch.equal(ours[:, :pinned], x["latents"][:, :pinned])  # the conditioned frame is never updated
+    pinned = x["geometry"].pinned  # LTX-Video: the conditioned first frame; HunyuanVideo-1.5: none
+    assert pinned == (x["geometry"].grid.tokens_per_frame if preset == "tiny" else 0)
+    assert torch.equal(ours[:, :pinned], x["latents"][:, :pinned])  # pinned tokens are never updated
 
 
 def test_loop_reports_every_step_and_stops_when_the_hook_raises(engine, image):
@@ -53,7 +73,9 @@ def test_loop_reports_every_step_and_stops_when_the_hook_raises(engine, image):
         _run(engine, x, on_step=stop)
 
 
-def test_step_cache_off_or_never_hit_equals_reference(engine, image):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-hunyuan15"])
+def test_step_cache_off_or_never_hit_equals_reference(engine_of, image, preset):
+    engine = engine_of(preset)
     x = _denoise_inputs(engine, image, 1.0, 4)
     ref, _, _ = _run(engine, x, static=False)
     ours, plan, _ = _run(engine, x, step_cache=1e-12)  # a threshold no step meets
@@ -61,7 +83,9 @@ def test_step_cache_off_or_never_hit_equals_reference(engine, image):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_step_cache_skips_blocks_when_the_first_block_barely_changes(engine, image):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-hunyuan15"])
+def test_step_cache_skips_blocks_when_the_first_block_barely_changes(engine_of, image, preset):
+    engine = engine_of(preset)
     x = _denoise_inputs(engine, image, 1.0, 4)
     ref, _, _ = _run(engine, x, static=False)
     ours, plan, _ = _run(engine, x, step_cache=10.0)  # every step after the first reuses

@@ -27,7 +27,7 @@ def _load(root, **kw):
 def test_roundtrip_reproduces_the_preset(saved, engine, image):
     loaded = Engine(_load(saved, generation=engine.config.generation))
     want, got = engine.config, loaded.config
-    for part in ("vision", "text", "adapter", "transformer", "vae", "scheduler", "generation"):
+    for part in ("vision", "text", "adapter", "decoder", "generation", "spatial_encoder"):
         assert getattr(got, part) == getattr(want, part), part
     assert (got.processor.min_pixels, got.processor.max_pixels) == (want.processor.min_pixels, want.processor.max_pixels)
     a, b = engine.predict(image, "What happens next?", **KW), loaded.predict(image, "What happens next?", **KW)

@@ -22,7 +22,12 @@ def add_bench_parser(sub) -> None:
                    help="comma-separated configurations (default: all; see the table's names)")
     p.add_argument("--stages", type=_csv, default=STAGES,
                    help=f"comma-separated stage suites, empty for none (default {','.join(STAGES)})")
-    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--json", type=Path, help="write the results as JSON here (per configuration: lossless, "
+                                             "psnr_vs_reference, speedup_vs_naive, speedup_vs_best_peer; "
+                                             "best_lossless, best_lossy)")
+    p.add_argument("--markdown", type=Path, help="write the lossless and lossy tables as markdown here")
+    p.add_argument("--readme", type=Path, help="splice the markdown tables into this file between "
+                                               "<!-- bench:begin --> and <!-- bench:end -->")
     p.add_argument("--plot", type=Path, help="write a PNG timeline of each configuration's last step here "
                                              "(needs the [plot] extra)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where every contender runs (default cpu)")
@@ -30,9 +35,13 @@ def add_bench_parser(sub) -> None:
 
 
 def _bench(args) -> int:
+    import shlex
+    import sys
+
     from ..errors import ForesightError
     from ..plotting import require_matplotlib
     from ..video_io import atomic_output
+    from .markdown import format_markdown, splice
     from .runner import SuiteOptions, format_table, run_suite
     from .timeline import plot_timelines
     unknown = [s for s in args.stages if s not in STAGES]
@@ -51,6 +60,16 @@ def _bench(args) -> int:
     if args.plot:
         plot_timelines(report.timelines, args.plot, f"one step, preset {args.preset}")
         print(f"plot: {args.plot}")
+    if args.markdown or args.readme:
+        markdown = format_markdown(report, "foresight-engine " + shlex.join(sys.argv[sys.argv.index("bench"):]
+                                                                            if "bench" in sys.argv else ["bench"]))
+        if args.markdown:
+            with atomic_output(args.markdown) as tmp:
+                tmp.write_text(markdown)
+            print(f"markdown: {args.markdown}")
+        if args.readme:
+            splice(args.readme, markdown)
+            print(f"tables spliced into {args.readme}")
     return 0
 
 
@@ -59,7 +78,7 @@ def add_plan_parser(sub) -> None:
                        description="FLOPs and bytes per stage counted on the meta device, projected onto a GPU's "
                                    "datasheet peaks. A projection (a lower bound), not a measurement. Request "
                                    "settings default to the preset's own (full: 121 frames at 512x768, 8 steps).")
-    p.add_argument("--preset", default="full", help="tiny | small | full (default full)")
+    p.add_argument("--preset", default="full", help="any preset (default full; full-hunyuan15, full-hybrid: the other families)")
     p.add_argument("--gpu", required=True, choices=sorted(GPUS))
     p.add_argument("--precision", default="bf16", choices=["fp8", "fp16", "bf16"])
     p.add_argument("--frames", type=int, help="frames (default: the preset's)")

@@ -1,6 +1,10 @@
 """Who runs in a benchmark: the peers (plain library code on the same weights and inputs) and the engine's
 configurations. Configurations are data: append an `EngineConfig` to `ENGINE_CONFIGS` (e.g. a built artifact
-through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite and the CLI pick it up."""
+through `Engine.load(DIR)`, or `Engine(model, overlap=True)`) and every suite and the CLI pick it up.
+
+`lossless=False` marks a contender that skips work (a step cache): it is reported in its own table, against the
+peers' own lossy options (diffusers' cache hooks on the same pipeline), each with its frame PSNR against the fp32
+reference, and compared at equal quality (`runner.LOSSY_MIN_PSNR_DB`)."""
 from __future__ import annotations
 
 import copy
@@ -13,13 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline
+from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
 from .. import kernels
 from ..engine import Engine
 from ..engine.prediction import Timings
+from ..models.families import ReferencePipeline, family
 from ..models.glp import GLPModel
-from ..models.video_decoder import scheduler_kwargs
 from .machine import BenchError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -70,6 +74,8 @@ class BenchContext:
     artifact_root: Path = field(default_factory=lambda: Path(os.environ.get("FORESIGHT_BENCH_ARTIFACTS",
                                                                             ".benchmarks/artifacts")))
     stage_flops: dict[str, int] = field(default_factory=dict)  # model FLOPs per stage call, counted once
+    load_s: dict[str, float] = field(default_factory=dict)  # artifact -> Engine.load seconds
+    _reference: "StepResult | None" = None
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -90,6 +96,15 @@ class BenchContext:
             self.models[precision] = model
         return self.models[precision]
 
+    def reference(self) -> StepResult:
+        """The fp32 eager reference engine's output on the inputs (computed once): what every contender's frames are
+        held to (`psnr_vs_reference`)."""
+        if self._reference is None:
+            engine = Engine(self.base.model, static=False, overlap=False)
+            pred = engine.predict(self.inputs.images, self.inputs.prompt, **self.inputs.settings)
+            self._reference = StepResult(pred.token_ids, pred.frames, pred.timings)
+        return self._reference
+
     def engine(self, config: "EngineConfig") -> Engine:
         if config.name not in self.engines:
             self.engines[config.name] = config.build(self)
@@ -105,6 +120,7 @@ class EngineConfig:
     build: Callable[[BenchContext], Engine]
     description: str = ""
     role: str = "engine"
+    lossless: bool = True  # False: skips work (a step cache)
 
     def step_fn(self, ctx: BenchContext) -> StepFn:
         engine = ctx.engine(self)
@@ -125,26 +141,18 @@ class Peer:
     build: Callable[[BenchContext], StepFn]
     description: str = ""
     role: str = "peer"
+    lossless: bool = True
 
     def step_fn(self, ctx: BenchContext) -> StepFn:
         return self.build(ctx)
 
 
 # ------------------------------------------------------------------------------------------------ peers
-def ltx_pipeline(model: GLPModel, transformer: torch.nn.Module | None = None) -> LTXImageToVideoPipeline:
-    """diffusers' image-to-video pipeline on the model's own LTX transformer and VAE (no T5: prompt_embeds in)."""
-    transformer = model.video_decoder.transformer if transformer is None else transformer
-    pipe = LTXImageToVideoPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs(model.config.scheduler)), vae=model.vae.vae,
-        text_encoder=None, tokenizer=None, transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInputs) -> StepFn:
+def library_step(engine: Engine, pipe: ReferencePipeline, inputs: BenchInputs) -> StepFn:
     """transformers `generate()` for the text, then the world latent (vision + prefill with the query tokens +
-    adapter) and diffusers' pipeline for the video: the libraries glued together, one after the other; plain
-    library code, so without the engine's custom ops (`kernels.set_wiring("off")`)."""
+    adapter, + DINOv2 with the hybrid encoder) and the decoder family's diffusers image-to-video pipeline
+    (`families.py`) for the video: the libraries glued together, one after the other; plain library code, so
+    without the engine's custom ops (`kernels.set_wiring("off")`)."""
     s = inputs.settings
 
     @torch.inference_mode()
@@ -161,17 +169,13 @@ def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInp
         timings.stages["text"] = time.perf_counter() - t
         t = time.perf_counter()
         prefill = engine.prefill(request, engine.vision(request))
-        cond, mask = engine.adapt(prefill.world_latent)
+        cond, mask = engine.adapt(prefill.world_latent, engine.spatial(request))
         timings.stages["world_latent"] = time.perf_counter() - t
-        extra = {}
-        if s["guidance_scale"] > 1:
-            extra = dict(negative_prompt_embeds=torch.zeros_like(cond), negative_prompt_attention_mask=mask)
         t = time.perf_counter()
-        video = pipe(image=request.images[-1], prompt_embeds=cond, prompt_attention_mask=mask,
-                     generator=torch.Generator("cpu").manual_seed(s["seed"]), output_type="np",
+        video = pipe(request.images[-1], cond, mask, generator=torch.Generator("cpu").manual_seed(s["seed"]),
                      frame_rate=engine.config.generation.frame_rate, height=s["height"], width=s["width"],
                      num_frames=s["num_frames"], num_inference_steps=s["num_inference_steps"],
-                     guidance_scale=s["guidance_scale"], **extra).frames[0]  # [F, H, W, 3] in [0, 1]
+                     guidance_scale=s["guidance_scale"])  # [F, H, W, 3] in [0, 1]
         timings.stages["video"] = time.perf_counter() - t
         timings.total = time.perf_counter() - t0
         frames = (np.asarray(video, dtype=np.float32) * 255).round().astype(np.uint8)
@@ -180,21 +184,42 @@ def library_step(engine: Engine, pipe: LTXImageToVideoPipeline, inputs: BenchInp
 
 
 def _naive(ctx: BenchContext) -> StepFn:
-    return library_step(ctx.base, ltx_pipeline(ctx.base.model), ctx.inputs)
+    model = ctx.base.model
+    return library_step(ctx.base, family(model.config).reference_pipeline(model), ctx.inputs)
 
 
 def _best_peer(ctx: BenchContext) -> StepFn:
     """The diffusion-fast recipe: bf16 weights, SDPA (already the default) and torch.compile of the transformer
-    (max-autotune where a GPU can autotune; the default mode on a CPU, where autotuning costs minutes)."""
+    (max-autotune where a GPU can autotune; the default mode on a CPU, where autotuning costs minutes). Not
+    fullgraph: HunyuanVideo-1.5's forward reads a value back and regroups tokens by mask (graph breaks)."""
     model = ctx.model_at("bf16")
     mode = "max-autotune" if ctx.base.device.type == "cuda" else None
-    compiled = torch.compile(model.video_decoder.transformer, mode=mode, fullgraph=True)
-    return library_step(Engine(model), ltx_pipeline(model, compiled), ctx.inputs)
+    compiled = torch.compile(model.video_decoder.transformer, mode=mode)
+    return library_step(Engine(model), family(model.config).reference_pipeline(model, compiled), ctx.inputs)
+
+
+def _cached_peer(cache: Any) -> Callable[[BenchContext], StepFn]:
+    """The peer with one of diffusers' own step caches (`transformer.enable_cache`) on a bf16 copy of the decoder's
+    transformer, eager: the cache hooks decide per step on the host, which fullgraph compilation cannot trace."""
+    def build(ctx: BenchContext) -> StepFn:
+        model = ctx.model_at("bf16")
+        transformer = copy.deepcopy(model.video_decoder.transformer)
+        transformer.enable_cache(cache)
+        return library_step(Engine(model), family(model.config).reference_pipeline(model, transformer), ctx.inputs)
+    return build
 
 
 PEERS: list[Peer] = [
-    Peer("naive", "fp32", _naive, "transformers generate() then diffusers LTXImageToVideoPipeline, fp32 eager"),
-    Peer("best-peer", "bf16", _best_peer, "the same in bf16 with torch.compile of the LTX transformer"),
+    Peer("naive", "fp32", _naive, "transformers generate() then the decoder's diffusers image-to-video pipeline, "
+                                  "fp32 eager"),
+    Peer("best-peer", "bf16", _best_peer, "the same in bf16 with torch.compile of the decoder's transformer"),
+    *(Peer(f"peer-fbcache-{t}", "bf16", _cached_peer(FirstBlockCacheConfig(threshold=t)),
+           f"the peer in bf16 with diffusers' FirstBlockCacheConfig(threshold={t})", lossless=False)
+      for t in (0.05, 0.1, 0.2)),
+    Peer("peer-taylorseer-2", "bf16",
+         _cached_peer(TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2)),
+         "the peer in bf16 with diffusers' TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2)",
+         lossless=False),
 ]
 
 ENGINE_CONFIGS: list[EngineConfig] = [
@@ -208,10 +233,16 @@ ENGINE_CONFIGS: list[EngineConfig] = [
                  "the runtime with every component cast to bf16"),
     EngineConfig("runtime-bf16-sequential", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), overlap=False),
                  "the runtime in bf16 without the text/video overlap"),
-    EngineConfig("runtime-bf16-stepcache", "bf16", lambda ctx: Engine(ctx.model_at("bf16"), step_cache=0.2),
-                 "the runtime in bf16 with the first-block step cache (threshold 0.2)"),
+    *(EngineConfig(f"runtime-bf16-stepcache-{t}", "bf16",
+                   lambda ctx, t=t: Engine(ctx.model_at("bf16"), step_cache=t),
+                   f"the runtime in bf16 with the first-block step cache (threshold {t})", lossless=False)
+      for t in (0.2, 0.4)),
     EngineConfig("compile-bf16", "bf16", lambda ctx: _artifact_engine(ctx, "compile", "bf16"),
-                 "a built artifact: torch.compile stages in bf16 (Engine.load), overlapped"),
+                 "a built artifact: AOTInductor packages in bf16, the whole denoising step one graph (Engine.load), "
+                 "overlapped"),
+    EngineConfig("compile-int8", "int8", lambda ctx: _artifact_engine(ctx, "compile", "int8"),
+                 "a built artifact: AOTInductor packages, the two transformers' Linears int8 (oneDNN), the rest "
+                 "bf16 (Engine.load), overlapped"),
     EngineConfig("onnx-fp32", "fp32", lambda ctx: _artifact_engine(ctx, "onnx", "fp32"),
                  "a built artifact: ONNX Runtime stages in fp32 (Engine.load), overlapped"),
 ]
@@ -243,7 +274,10 @@ def _artifact_engine(ctx: BenchContext, backend: str, precision: str, **runtime)
                                 guidance=s["guidance_scale"] > 1)
     result = build(ctx.base.model, directory, backend=backend, precision=precision, shape=shape, gate=False,
                    device=ctx.device)
-    return Engine.load(result.directory, device=ctx.device, **runtime)
+    start = time.perf_counter()
+    engine = Engine.load(result.directory, device=ctx.device, **runtime)
+    ctx.load_s[f"{backend}-{precision}"] = time.perf_counter() - start  # what a user waits for before a request
+    return engine
 
 
 def contenders(names: list[str] | None = None, device: str = "cpu") -> list[Peer | EngineConfig]:

@@ -39,6 +39,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the CPU features that decide which low-precision GEMMs are fast (oneDNN picks its kernels from them)
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """Which of `PRECISION_FLAGS` this CPU has (lscpu's flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return [flag for flag in PRECISION_FLAGS if flag in flags]
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -93,7 +107,8 @@ def gpu_telemetry() -> dict:
 
 def machine_info() -> dict:
     """Static facts recorded with every result."""
-    return {"versions": versions(), "cpu_model": cpu_model(), "cpu_threads": torch.get_num_threads(),
+    return {"versions": versions(), "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+            "cpu_threads": torch.get_num_threads(),
             "device": str(device()), "gpu_model": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 

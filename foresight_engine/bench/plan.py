@@ -5,24 +5,26 @@ the counters of `flops.py`; `projection.py` turns the counts into times: per sta
 GEMMs at the precision the policy gives the component and attention at the 16-bit rate, and the step with the text
 branch overlapped with the video branch ON ONE GPU (they share its compute and bandwidth). Two figures: the bound
 at the datasheet peaks, and a realistic one with stated achievable fractions. A projection, not a measurement.
+The video stages are the decoder family's own stage wrappers (`export_specs`: what builders export), so a new
+family is counted without code here.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import torch
-from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from ..config import ModelConfig, preset
 from ..errors import ConfigError
-from ..models.adapter import ConditioningAdapter
 from ..models.backbone import Backbone
+from ..models.export_spec import BuildShape, export_specs
+from ..models.families import family
+from ..models.glp import build_adapter
 from ..models.qwen_vl import SpecialTokenIds, build_qwen_vl
-from ..models.vae import VideoVAE, vae_kwargs
-from ..models.video_decoder import VideoDecoder, transformer_kwargs
-from ..models.video_geometry import VideoGeometry
+from ..models.spatial_encoder import SpatialEncoder
 from .flops import OpCount, count
 from .gpus import GPUSpec, gpu as gpu_spec
 from .op_families import FAMILIES
@@ -33,8 +35,8 @@ _QWEN_TOKEN_IDS = SpecialTokenIds(image=151655, video=151656, vision_start=15165
                                   pad=151643)
 WEIGHT_BYTES = {"fp8": 1.0, "fp16": 2.0, "bf16": 2.0}
 ACTIVATION_BYTES = 2.0  # activations, KV cache and attention stay 16-bit in every policy here (fp32 components: 4)
-STAGE_COMPONENT = {"vision": "vision", "prefill": "language", "text": "language", "adapter": "adapter",
-                   "denoise": "transformer", "vae": "vae"}
+STAGE_COMPONENT = {"vision": "vision", "spatial": "spatial", "prefill": "language", "text": "language",
+                   "adapter": "adapter", "denoise": "transformer", "vae": "vae"}
 
 
 @dataclass(frozen=True)
@@ -124,21 +126,31 @@ def _token_ids(config: ModelConfig) -> SpecialTokenIds:
     return SpecialTokenIds(*range(vocab - 6, vocab))
 
 
-def _meta_components(config: ModelConfig):
+def meta_components(config: ModelConfig) -> SimpleNamespace:
+    """The stack's components on the meta device, with the attributes stage wrappers read (`spec.wrap`)."""
     ids = _token_ids(config)
     with torch.device("meta"):
         qwen = build_qwen_vl(config, ids)
         backbone = Backbone(qwen.model.language_model, qwen.lm_head, config.adapter.num_query_tokens, ids.image)
-        adapter = ConditioningAdapter(config.adapter, config.text.hidden_size, config.transformer.caption_channels)
-        decoder = VideoDecoder(LTXVideoTransformer3DModel(**transformer_kwargs(config.transformer)), config.scheduler)
-        vae = VideoVAE(AutoencoderKLLTXVideo(**vae_kwargs(config.vae)))
-    return qwen.model.visual, backbone, adapter, decoder, vae
+        adapter = build_adapter(config)
+        video_decoder, vae = family(config).build(config)
+        spatial = None if config.spatial_encoder is None else SpatialEncoder.build(config.spatial_encoder)
+    return SimpleNamespace(visual=qwen.model.visual, backbone=backbone, adapter=adapter, video_decoder=video_decoder,
+                           vae=vae, spatial_encoder=spatial)
+
+
+def count_stage(config: ModelConfig, model: SimpleNamespace, name: str, shape: BuildShape) -> OpCount:
+    """One call of an exported stage's wrapper on its sample inputs' shapes (meta tensors)."""
+    spec = export_specs(config)[name]
+    inputs = tuple(x.to("meta") for x in spec.sample_inputs(shape))
+    return count(spec.wrap(model, shape), *inputs)[0]
 
 
 def count_stages(config: ModelConfig, settings: PlanSettings) -> tuple[list[StageCount], dict[str, int]]:
     """Count every stage of one step on the meta device; also returns parameter counts per component."""
     settings.check(config)
-    visual, backbone, adapter, decoder, vae = _meta_components(config)
+    model = meta_components(config)
+    visual, backbone, adapter = model.visual, model.backbone, model.adapter
     meta = torch.device("meta")
     v = config.vision
     side = settings.image_side // (v.patch_size * v.spatial_merge_size) * v.spatial_merge_size  # patches per side
@@ -162,22 +174,25 @@ def count_stages(config: ModelConfig, settings: PlanSettings) -> tuple[list[Stag
     # one decode step over the prompt's cache stands for all of them (the cache grows by new_tokens at most)
     text, _ = count(backbone.decode, token, torch.full((1,), prompt_len, device=meta), keys, values,
                     torch.tensor(prompt_len, device=meta))
-    adapt, (cond, cond_mask) = count(adapter, world_latent)
+    shape = BuildShape(height=settings.height, width=settings.width, num_frames=settings.num_frames,
+                       guidance=settings.guidance_scale > 1)
+    spatial = []
+    if model.spatial_encoder is not None:
+        spatial = [StageCount("spatial", count_stage(config, model, "spatial", shape), 1)]
+        features = torch.empty(1, config.spatial_encoder.num_patches, config.spatial_encoder.hidden_size, device=meta)
+        adapt, _ = count(adapter, world_latent, features)
+    else:
+        adapt, _ = count(adapter, world_latent)
+    denoise = count_stage(config, model, "denoise", shape)
+    decode = count_stage(config, model, "vae_decode", shape)
 
-    geometry = VideoGeometry.of(config, settings.height, settings.width, settings.num_frames, 24)
-    grid = geometry.grid
-    batch = 2 if settings.guidance_scale > 1 else 1
-    latents = torch.empty(batch, grid.num_tokens, grid.token_channels, device=meta)
-    timestep = torch.empty(batch, grid.num_tokens, device=meta)
-    denoise, _ = count(decoder, latents, cond.expand(batch, -1, -1), cond_mask.expand(batch, -1), timestep, geometry)
-    video_latents = torch.empty(geometry.latent_shape, device=meta)
-    decode, _ = count(lambda: vae.vae.decode(video_latents, None, return_dict=False)[0])
-
-    stages = [StageCount("vision", vision, 1), StageCount("prefill", prefill, 1),
+    stages = [StageCount("vision", vision, 1), *spatial, StageCount("prefill", prefill, 1),
               StageCount("text", text, settings.new_tokens), StageCount("adapter", adapt, 1),
               StageCount("denoise", denoise, settings.steps), StageCount("vae", decode, 1)]
     params = {"vision": _numel(visual), "language": _numel(backbone), "adapter": _numel(adapter),
-              "transformer": _numel(decoder), "vae": _numel(vae)}
+              "transformer": _numel(model.video_decoder), "vae": _numel(model.vae)}
+    if model.spatial_encoder is not None:
+        params["spatial"] = _numel(model.spatial_encoder)
     kv_tokens = prompt_len + settings.new_tokens
     params["kv_cache_elements"] = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * kv_tokens
     return stages, params
@@ -247,7 +262,16 @@ def plan(preset_name: str = "full", gpu: str = "h100", precision: str = "fp8",
     config = preset(preset_name)
     settings = settings or PlanSettings.for_config(config)
     stages, params = count_stages(config, settings)
-    return project(stages, params, spec, precision, preset_name, settings)
+    result = project(stages, params, spec, precision, preset_name, settings)
+    figure = family(config).published
+    if figure is not None and family(config).full_preset == preset_name:
+        # the same counts on the GPU and precision the figure was quoted for: how far above the lower bound it is
+        there = project(stages, params, gpu_spec(figure.gpu), figure.precision, preset_name, settings)
+        video = sum(st.projected_s for st in there.stages if st.name in ("adapter", "denoise", "vae"))
+        result.extra["published"] = {**asdict(figure), "projected_video_s": video,
+                                     "projected_step_s": there.projected_step_s,
+                                     "fits_in_memory": there.fits_in_memory}
+    return result
 
 
 def format_families(p: Plan) -> str:
@@ -281,6 +305,13 @@ def format_plan(p: Plan) -> str:
               f"{p.gpu_label}: {'yes' if p.fits_in_memory else 'no'}",
               "weights by precision: " + ", ".join(
                   f"{q} {b / 1e9:.1f} GB" for q, b in p.extra["weight_memory_bytes_by_precision"].items())]
+    if "published" in p.extra:
+        f = p.extra["published"]
+        lines += [f"published: ~{f['seconds']:g} s per clip on {f['gpu']} at {f['precision']} ({f['source']}); this "
+                  f"plan on {f['gpu']} at {f['precision']}: video (adapter + denoise + VAE) >= "
+                  f"{f['projected_video_s']:.1f} s, whole step >= {f['projected_step_s']:.1f} s, fits in its memory: "
+                  f"{'yes' if f['fits_in_memory'] else 'no'} -> the quote is "
+                  f"{f['seconds'] / f['projected_video_s']:.1f}x the video lower bound"]
     return "\n".join(lines)
 
 

@@ -24,9 +24,10 @@ from ..precision import PrecisionPolicy
 from .gpus import GPUSpec
 
 # plan's components -> the precision policy's
-POLICY_COMPONENT = {"vision": "vision_tower", "language": "backbone", "adapter": "adapter",
-                    "transformer": "video_decoder", "vae": "vae"}
-FRONT, TEXT, VIDEO = ("vision", "prefill"), ("text",), ("adapter", "denoise", "vae")
+POLICY_COMPONENT = {"vision": "vision_tower", "spatial": "spatial_encoder", "language": "backbone",
+                    "adapter": "adapter", "transformer": "video_decoder", "vae": "vae"}
+# DINOv2 (hybrid encoder) runs beside vision + prefill, but all three are compute-bound on one GPU: it adds up
+FRONT, TEXT, VIDEO = ("vision", "spatial", "prefill"), ("text",), ("adapter", "denoise", "vae")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def stage_time(name: str, component: str, calls: int, gemm_flops: float, attenti
 
 def step_seconds(times: dict[str, StageTime]) -> dict[str, float]:
     """Sequential step, and the step with the text branch overlapped with the video branch on one GPU."""
-    front = sum(times[s].seconds for s in FRONT)
+    front = sum(times[s].seconds for s in FRONT if s in times)
     shared = [times[s] for s in TEXT + VIDEO]
     overlapped = max(sum(t.compute_s for t in shared), sum(t.memory_s for t in shared),
                      sum(times[s].seconds for s in TEXT), sum(times[s].seconds for s in VIDEO))

@@ -62,10 +62,16 @@ def timeline_figure(timelines: dict[str, Any], title: str = "") -> Figure:
     heights = [0.8 + 0.4 * len({s.lane for s in spans}) for spans in panels.values()] or [1.0]
     fig = figure(figsize=(10, 0.6 + sum(heights)))
     axes = fig.subplots(len(heights), 1, squeeze=False, sharex=True, gridspec_kw={"height_ratios": heights})
+    # one colour per stage in every panel (a lane "thread: stage" takes its stage's)
+    from matplotlib import colormaps  # behind figure()'s own check for the [plot] extra
+    stages = list(dict.fromkeys(s.lane.rpartition(": ")[2] for spans in panels.values() for s in spans))
+    palette = colormaps["tab20"].colors
+    colour = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
     for ax, (name, spans) in zip(axes[:, 0], panels.items()):
         lanes = list(dict.fromkeys(s.lane for s in spans))
         for s in spans:
-            ax.barh(lanes.index(s.lane), s.end - s.start, left=s.start, height=0.6)
+            ax.barh(lanes.index(s.lane), s.end - s.start, left=s.start, height=0.6,
+                    color=colour[s.lane.rpartition(": ")[2]])
         ax.set_yticks(range(len(lanes)), lanes)
         ax.invert_yaxis()
         ax.set_title(name, fontsize=9, loc="left")

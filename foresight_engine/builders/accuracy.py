@@ -43,7 +43,7 @@ import torch
 from ..errors import AccuracyGateError, ConfigError, InvalidInputError
 from ..verify.metrics import psnr_from_mse
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
@@ -177,6 +177,7 @@ _DEFAULTS = {
     "fp16": (5e-3, 0.9999, 40.0, 0.9),
     "bf16": (2e-2, 0.999, 35.0, 0.9),
     "fp8": (1.5e-1, 0.99, 20.0, 0.75),
+    "int8": (1e-1, 0.995, 25.0, 0.75),
 }
 
 

@@ -20,8 +20,9 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..models.export_spec import BuildShape, export_specs
 from ..models.glp import GLPModel
-from ..precision import Precision, PrecisionPolicy, apply_policy
-from . import fp8
+from .. import int8_linear
+from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
+from . import fp8, int8
 from .accuracy import AccuracyReport, AccuracyThresholds
 from .calibration import CalibrationSample, calibration_batches
 from .exporters import EXPORTERS, write_stages, write_weights
@@ -87,20 +88,29 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
     start = time.perf_counter()
     check_backend_available(backend, device)
     policy = resolve_policy(precision, backend, device, fp8_kv_cache=fp8_kv_cache, fp8_attention=fp8_attention)
+    if any(policy.of(c) == Precision.INT8 for c in COMPONENTS):
+        int8_linear.enable_kernels()  # raises naming torchao when it is missing, before any work
     with BuildProgress(progress) as bar:
         with bar.step("load model"):
             reference = source if isinstance(source, GLPModel) else source.load()
         if reference.device.type != "cpu":  # export and calibration run on the CPU; `device` is the target
             reference = copy.deepcopy(reference).to("cpu")
         shape = shape or BuildShape.for_config(reference.config)
-        fp8_stages = [s for s in export_specs(reference.config).values()
-                      if policy.of(s.component) == Precision.FP8 and (stages is None or s.name in stages)]
+        specs = export_specs(reference.config).values()
+        fp8_stages = [s for s in specs if policy.of(s.component) == Precision.FP8
+                      and (stages is None or s.name in stages)]
+        # int8 is a property of the component's weights: every stage of an int8 component is calibrated
+        int8_stages = [s for s in specs if policy.of(s.component) == Precision.INT8]
         calibrator = resolve_calibrator(fp8_calibrator) if fp8_stages else None
         with bar.step("plan"):
             batches = calibration_batches(reference, fp8_stages, shape, calibration) if fp8_stages else {}
+            if int8_stages:  # default: the probe requests (int8's uniform grid needs real activation ranges)
+                batches |= calibration_batches(reference, int8_stages, shape, calibration)
             calib_hash = None
-            if batches:  # the calibrator is part of what the scales depend on
-                calib_hash = f"{calibrator}:" + fp8.batches_digest(b for st in sorted(batches) for b in batches[st])
+            if batches:  # the calibrator is part of what the FP8 scales depend on
+                calib_hash = fp8.batches_digest(b for st in sorted(batches) for b in batches[st])
+                if calibrator is not None:
+                    calib_hash = f"{calibrator}:" + calib_hash
             plan = resolve_plan(reference, weights_hash(reference), backend, policy, shape, device, calib_hash,
                                 stages)
         out_dir = Path(out_dir)
@@ -108,13 +118,15 @@ def build(source: ModelSource | GLPModel, out_dir: str | Path, *, backend: str |
             return BuildResult(out_dir, plan.key, cached(out_dir, plan.key) is not None, plan, None, None,
                                time.perf_counter() - start)
         exports = sum(s.backend in EXPORTERS for s in plan.stages.values())
-        bar.expect(2 + 1 + bool(fp8_stages) + exports + 1)  # load, plan; weights; calibrate; exports; gate
+        bar.expect(2 + 1 + bool(fp8_stages) + exports + 1)  # load, plan; weights (int8: quantize); calibrate; ...
         report: list[AccuracyReport] = []
 
         def write(tmp: Path) -> Manifest:
             with bar.step("weights"):
                 model = copy.deepcopy(reference)
                 apply_policy(model.components(), policy)
+                if int8_stages:  # calibrated on the fp32 reference, quantized from the `high` weights
+                    int8.quantize(model, int8.calibrate(reference, int8_stages, shape, batches, policy))
                 write_weights(model, tmp)
             with bar.step("fp8 calibration") if fp8_stages else contextlib.nullcontext():
                 quantized = _calibrate(model, fp8_stages, shape, batches, policy, calibrator)

@@ -1,4 +1,4 @@
-"""FP8 calibration sets: each stage's inputs, recorded at the stage boundary while the fp32 reference engine runs
+"""FP8/int8 calibration sets: each stage's inputs, recorded at the stage boundary while the fp32 reference engine runs
 real requests: by default the accuracy probes' requests (their images at the built image size and prompts, with
 another noise seed), or the user's images and prompts (`--calib IMAGE:PROMPT`). Never random embeddings at one
 timestep: the denoising step is recorded at EVERY step of the trajectory (its inputs drift from noise to clean).

@@ -41,7 +41,8 @@ def add_parsers(sub) -> None:
                    help="FP8: attention (q, k, v, softmax) in e4m3 in the fp8 components (onnx/tensorrt; gated)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--stages", help="comma-separated stages the backend builds (default: all it can); "
-                                    "vision, prefill, decode, adapter, denoise, vae_decode")
+                                    "vision, spatial (hybrid encoder), prefill, decode, adapter, denoise, "
+                                    "vae_decode")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and the cache hit/miss; build nothing")
     p.add_argument("--no-gate", action="store_true", help="build even when the accuracy gate fails (still reported)")
     p.add_argument("--max-rel-l2", type=float, help="accuracy gate: max relative L2 per stage (default: per precision)")
@@ -87,7 +88,8 @@ def _build(args) -> int:
                               prompt_tokens=args.prompt_tokens)
     real = any([args.vlm, args.decoder, args.glue])
     source = ModelSource(preset=None if real else (args.preset or DEFAULT_PRESET), seed=args.seed_weights,
-                         vlm=args.vlm, decoder=args.decoder, glue=args.glue, lora=args.lora)
+                         vlm=args.vlm, decoder=args.decoder, glue=args.glue, lora=args.lora,
+                         spatial=args.spatial)
     model = source.load()
     shape = BuildShape.for_config(model.config, args.height, args.width, args.frames, image_size=args.image_size,
                                   prompt_tokens=args.prompt_tokens)

@@ -1,8 +1,10 @@
 """What each backend writes into an artifact's component folders (the build side of the backend registry).
 
-Every artifact holds each component's weights (in the component's precision) and the processor; `eager` and
-`compile` add nothing (compile's options are in the manifest: the engine compiles at load). `EXPORTERS[backend]`
-writes a built stage's files and returns its `StageEntry`. One `torch.export` per stage feeds all of them:
+Every artifact holds each component's weights (in the component's precision) and the processor; `eager` adds
+nothing. `EXPORTERS[backend]` writes a built stage's files and returns its `StageEntry`:
+- `compile`: an AOTInductor package `<stage>.pt2` (torch.export + inductor ahead of time, weights frozen in;
+  loaded without compiling), checked against the eager stage;
+One `torch.export` per stage feeds the others:
 - `onnx`: `<stage>.onnx` (torch.onnx from the exported program, the custom ops translated to standard ones; float8
   Q/DQ under FP8), checked in ONNX Runtime on the CPU against the eager stage (FP8-simulated when quantized);
 - `tensorrt`: the same graph, built into `<stage>.plan` (strongly typed: precision from the graph's types and Q/DQ
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import io
 import logging
 from pathlib import Path
@@ -25,15 +28,17 @@ from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
+from torch.export import Dim
 
-from .. import kernels
+from .. import int8_linear, kernels
 from ..artifact import PROCESSOR_DIR, StageEntry, stage_file, weights_file
 from ..backends import Backend
 from ..engine.runners.buffers import BufferPlan
 from ..engine.runners.onnx import OnnxStage
-from ..models.export_spec import ExportSpec, export_specs
+from ..models.export_spec import BuildShape, ExportSpec, denoise_ops_of, export_specs
 from ..models.glp import GLPModel
 from ..models.weights import save_safetensors
+from ..precision import Precision
 from . import fp8, tensorrt, torch_tensorrt
 from .accuracy import relative_l2
 from .fp8_attention import CUSTOM_TRANSLATIONS, Fp8AttentionStage
@@ -165,6 +170,65 @@ def _gpu(job: ExportJob) -> torch.device:
     return torch.device(job.plan.factors.device.get("type", "cuda"))
 
 
+def _export_dynamic_shapes(spec: ExportSpec, shape: BuildShape, module: torch.nn.Module) -> Any:
+    """torch.export dynamic shapes from the spec's axis labels: one named `Dim` per label, bounded by the profile;
+    a label `name+k` is that Dim plus k (the static step's tables have one row more than it has steps). Inputs a
+    `*args` parameter collects are grouped as export expects."""
+    if not spec.dynamic_axes:
+        return None
+    profile, dims, out = spec.profile(shape), {}, []
+    for name in spec.input_names:
+        axes = {}
+        for axis, label in spec.dynamic_axes.get(name, {}).items():
+            base, _, plus = label.partition("+")
+            offset = int(plus or 0)
+            least, _, most = (s[axis] for s in profile[name])
+            dims.setdefault(base, Dim(base, min=least - offset, max=most - offset))
+            axes[axis] = dims[base] + offset if offset else dims[base]
+        out.append(axes or None)
+    params = inspect.signature(module.forward).parameters.values()
+    fixed = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        out = out[:fixed] + [tuple(out[fixed:])]
+    return tuple(out)
+
+
+def _inductor_configs(options: dict[str, Any], device: str) -> dict[str, Any]:
+    configs = {"freezing": options["freezing"], "max_autotune": options["max_autotune"]}
+    if device == "cuda":
+        configs["triton.cudagraphs"] = False  # the engine captures the whole denoising loop itself
+    return configs
+
+
+def export_aot(job: ExportJob, entry: StageEntry) -> StageEntry:
+    """torch.export of the stage wrapper at the build shape (the static whole step for `denoise`), compiled ahead
+    of time by AOTInductor into `<component>/<stage>.pt2` for the target device (weights frozen in: prepacked for
+    oneDNN, int8 Linears turned into oneDNN int8 GEMMs), then run on fresh sample inputs against the eager stage."""
+    spec, shape, factors = job.spec, job.plan.shape, job.plan.factors
+    device = factors.device["type"]
+    if job.plan.policy.of(spec.component) == Precision.INT8:
+        int8_linear.enable_kernels()
+    module = spec.wrap(job.model, shape).eval()
+    if device != "cpu":  # compiled for the GPU it will run on (the build's model is a CPU copy)
+        module = copy.deepcopy(module).to(device)
+    inputs = tuple(x.to(device) for x in spec.sample_inputs(shape, cache_dtype=job.cache_dtype))
+    rel = stage_file(spec.component, spec.name, ".pt2")
+    path = job.out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.export.export(module, inputs, dynamic_shapes=_export_dynamic_shapes(spec, shape, module),
+                                      strict=False)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                 inductor_configs=_inductor_configs(factors.options, device))
+        check = tuple(x.to(device) for x in spec.sample_inputs(shape, seed=1, cache_dtype=job.cache_dtype))
+        expected, got = module(*check), torch._inductor.aoti_load_package(str(path))(*check)
+    expected, got = (tuple(x) if isinstance(x, (tuple, list)) else (x,) for x in (expected, got))
+    errors = {name: relative_l2(g.float().cpu(), e.float().cpu()) for name, g, e in
+              zip(spec.output_names, got, expected) if e.is_floating_point()}
+    log.info("compiled %s -> %s; package vs eager relative L2 %s", spec.name, rel, errors)
+    return dataclasses.replace(entry, file=rel, aot_vs_eager=errors)
+
+
 def export_tensorrt(job: ExportJob, entry: StageEntry) -> StageEntry:
     """The graph, then a strongly typed TensorRT plan from it (GPU), checked on the GPU against eager on the GPU."""
     from ..engine.runners.tensorrt import SHARED_OUTPUTS, TensorRTStage
@@ -211,6 +275,7 @@ def export_torch_tensorrt(job: ExportJob, entry: StageEntry) -> StageEntry:
 
 # backend -> how it writes a built stage; backends absent here write nothing but the weights
 EXPORTERS: dict[Backend, Callable[[ExportJob, StageEntry], StageEntry]] = {
+    Backend.COMPILE: export_aot,
     Backend.ONNX: export_onnx,
     Backend.TENSORRT: export_tensorrt,
     Backend.TORCH_TENSORRT: export_torch_tensorrt,
@@ -222,11 +287,12 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path, quantized: dict[st
                  ) -> dict[str, dict[str, StageEntry]]:
     """{component: {stage: entry}}; writes each built stage's files through its backend's exporter. `step(what)`
     wraps each export (the build's progress bar)."""
-    specs = export_specs(model.config)
+    specs = export_specs(model.config, denoise_ops_of(plan.factors.options))
     components: dict[str, dict[str, StageEntry]] = {name: {} for name in model.components()}
     for name, stage in plan.stages.items():
         # what the stage really runs in: fp8 only where it was calibrated and got Q/DQ nodes
-        precision = "fp8" if name in quantized else str(plan.policy.dtype(stage.component)).removeprefix("torch.")
+        precision = ("fp8" if name in quantized else "int8" if plan.policy.of(stage.component) == Precision.INT8
+                     else str(plan.policy.dtype(stage.component)).removeprefix("torch."))
         entry = StageEntry(backend=stage.backend.value, precision=precision,
                            profile=stage.to_dict()["profile"], reason=stage.reason)
         exporter = EXPORTERS.get(stage.backend)
@@ -237,5 +303,5 @@ def write_stages(model: GLPModel, plan: BuildPlan, out: Path, quantized: dict[st
     return components
 
 
-__all__ = ["EXPORTERS", "ExportJob", "TIMING_CACHE_DIR", "buffer_plan", "compare", "write_graph", "write_program", "write_stages",
-           "write_weights"]
+__all__ = ["EXPORTERS", "ExportJob", "TIMING_CACHE_DIR", "buffer_plan", "compare", "export_aot", "write_graph",
+           "write_program", "write_stages", "write_weights"]

@@ -25,7 +25,7 @@ from ..models.glp import GLPModel
 from ..precision import COMPONENTS, Precision, PrecisionPolicy
 from .accuracy import AccuracyReport, AccuracyThresholds, ComponentAccuracy, check_gate, psnr, token_agreement
 from .calibration import StageRecorder
-from .probes import PROBE_PROMPTS, probe_images, probe_settings
+from .probes import PROBE_PROMPTS, PROBE_SEED, probe_images, probe_settings
 
 # stage calls compared per probe request: the decode steps carry the whole KV cache buffer, so fewer of them
 STAGE_CALLS = {"denoise": 4, "decode": 2}
@@ -36,7 +36,7 @@ def _floats(result) -> torch.Tensor:
 
 
 def lowest_precision(policy: PrecisionPolicy) -> Precision:
-    order = [Precision.FP32, Precision.FP16, Precision.BF16, Precision.FP8]  # increasing tolerance
+    order = [Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8, Precision.FP8]  # increasing tolerance
     return max((policy.of(c) for c in COMPONENTS), key=order.index)
 
 
@@ -63,13 +63,17 @@ def _measure(reference: GLPModel, loaded: GLPModel, built: BuiltStages | None, s
         psnrs.append(psnr(got.frames, want.frames))
         agreements.append(token_agreement(got.token_ids, want.token_ids))
     functions = built.functions if built is not None else {}
+    # a built static whole step (compile) takes other inputs than the recorded forward: its seeded sample inputs
+    static = {} if built is None or not built.static_denoise else \
+        {"denoise": export_specs(reference.config, built.denoise_ops)["denoise"]}
     components = []
     for name, spec in specs.items():
+        spec = static.get(name, spec)
+        calls = [spec.sample_inputs(shape, seed=PROBE_SEED)] if name in static else recorder.inputs[name]
         expected_fn = spec.wrap(reference, shape)
         # the built stage's function, or the artifact's weights in the eager stage wrapper
         function = functions[name] if name in functions else spec.wrap(loaded, shape)
-        calls = recorder.inputs[name]
-        expected = torch.cat([_floats(expected_fn(*inputs)) for inputs in calls])
+        expected = torch.cat([_floats(expected_fn(*(x.to(reference.device) for x in inputs))) for inputs in calls])
         got = torch.cat([_floats(function(*(x.to(loaded.device) for x in inputs))) for inputs in calls])
         components.append(ComponentAccuracy.measure(name, got, expected))
     return AccuracyReport(lowest_precision(policy).value, tuple(components), frame_psnr=float(np.mean(psnrs)),

@@ -7,10 +7,12 @@ from typing import Any
 
 import torch
 
+from .. import kernels
 from ..artifact import KeyFactors, device_info, toolchain
 from ..backends import Backend
 from ..errors import ConfigError
 from ..models.export_spec import BuildShape, ExportSpec, export_specs
+from ..models.families import family
 from ..models.glp import GLPModel
 from ..precision import COMPONENTS, PrecisionPolicy
 
@@ -47,7 +49,7 @@ class BuildPlan:
         if cache_hit is not None:
             lines.append(f"  cache: {'HIT (nothing to build)' if cache_hit else 'miss (will build)'}")
         lines.append(f"  shape: {self.shape.to_dict()}")
-        for component in COMPONENTS:
+        for component in (c for c in COMPONENTS if c in self.memory_bytes):  # the model's own components
             lines.append(f"  {component:14s} {self.policy.of(component).value:5s} "
                          f"~{self.memory_bytes.get(component, 0) / 1e6:8.1f} MB")
             for stage in self.stages.values():
@@ -83,19 +85,27 @@ def resolve_plan(model: GLPModel, weights_hash: str, backend: str | Backend, pol
     backend = Backend.parse(backend)
     spec = backend.spec
     shape.check(model.config)
-    specs = export_specs(model.config)
-    unknown = sorted(set(stages or ()) - set(specs))
+    dev = device_info(device)
+    names = export_specs(model.config)
+    unknown = sorted(set(stages or ()) - set(names))
     if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(specs)}")
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(names)}")
     skipped = dict(spec.skips)
     if stages is not None and backend != Backend.EAGER:
-        skipped.update({name: "not selected (stages=...): runs eager" for name in specs
+        skipped.update({name: "not selected (stages=...): runs eager" for name in names
                         if name not in stages and name not in skipped})
+    # a static denoising step bakes in the custom ops its blocks call on the target device (and their tables)
+    static_step = spec.static_denoise and family(model.config).static_step_spec is not None
+    ops = sorted(kernels.wired_ops(dev["type"])) if static_step and "denoise" not in skipped else None
+    specs = export_specs(model.config, None if ops is None else frozenset(ops))
     stages = {name: StagePlan(name, s.component, Backend.EAGER if name in skipped else backend, s.profile(shape),
                               skipped.get(name, "")) for name, s in specs.items()}
-    dev = device_info(device)
     options: dict[str, Any] = spec.options_for(dev["type"])
     options["stage_backends"] = {n: s.backend.value for n, s in stages.items()}
+    if ops is not None:
+        options["denoise_ops"] = ops
+    if options.get("aot") and dev["type"] == "cpu":
+        options["threads"] = torch.get_num_threads()  # inductor's CPU kernels bake their OpenMP thread count in
     factors = KeyFactors(
         config=model.config.to_dict(), weights_hash=weights_hash, precision=policy.to_dict(),
         shapes={"build": shape.to_dict(), "stages": {n: s.to_dict()["profile"] for n, s in stages.items()}},

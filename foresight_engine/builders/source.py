@@ -11,7 +11,8 @@ from ..models.glp import GLPModel
 
 @dataclass(frozen=True)
 class ModelSource:
-    """`preset` (+ `seed`) or all of `vlm`, `decoder`, `glue` (+ optional `lora`)."""
+    """`preset` (+ `seed`) or all of `vlm`, `decoder`, `glue` (+ optional `lora`, and `spatial`: the hybrid
+    encoder's DINOv2 folder)."""
 
     preset: str | None = None
     seed: int = 0
@@ -19,6 +20,7 @@ class ModelSource:
     decoder: Path | None = None
     glue: Path | None = None
     lora: Path | None = None
+    spatial: Path | None = None
 
     def __post_init__(self) -> None:
         real = [self.vlm, self.decoder, self.glue]
@@ -31,7 +33,7 @@ class ModelSource:
     def load(self) -> GLPModel:
         if self.preset is not None:
             return GLPModel.from_preset(self.preset, self.seed)
-        return GLPModel.from_pretrained(self.vlm, self.decoder, self.glue, lora=self.lora)
+        return GLPModel.from_pretrained(self.vlm, self.decoder, self.glue, lora=self.lora, spatial=self.spatial)
 
 
 def weights_hash(model: GLPModel) -> str:

@@ -19,12 +19,16 @@ REAL_WEIGHTS_HINT = "--vlm QWEN2.5-VL_DIR --decoder LTX-VIDEO_DIR --glue GLUE.sa
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model (a preset with seeded random weights, or real weights from local folders)")
-    src.add_argument("--preset", default=None, help=f"tiny | small: seeded random weights (default {DEFAULT_PRESET})")
+    src.add_argument("--preset", default=None, help=f"tiny | small: seeded random weights (default {DEFAULT_PRESET}); "
+                                                    "-hunyuan15 / -hybrid variants: HunyuanVideo-1.5 decoder / DINOv2 "
+                                                    "hybrid encoder")
     src.add_argument("--seed-weights", type=int, default=0, help="weight seed for --preset (default 0)")
     src.add_argument("--vlm", type=Path, help="Qwen2.5-VL Hugging Face folder (model, tokenizer, processor)")
-    src.add_argument("--decoder", type=Path, help="diffusers LTX-Video folder (transformer/, vae/, scheduler/)")
+    src.add_argument("--decoder", type=Path, help="diffusers video decoder folder (transformer/, vae/, scheduler/): "
+                                                  "LTX-Video or HunyuanVideo-1.5, told apart by its transformer")
     src.add_argument("--glue", type=Path, help="safetensors file with the query tokens and the adapter")
-    src.add_argument("--lora", type=Path, help="optional LoRA of the LTX transformer, fused at load")
+    src.add_argument("--lora", type=Path, help="optional LoRA of the decoder's transformer, fused at load")
+    src.add_argument("--spatial", type=Path, help="DINOv2 folder: the hybrid encoder (with a glue file made with it)")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -60,10 +64,13 @@ def check_model_args(args: argparse.Namespace) -> ModelConfig | None:
         missing = [flag for flag, path in given.items() if path is None]
         if missing:
             raise ForesightError(f"real weights need all of --vlm, --decoder and --glue; missing {', '.join(missing)}")
-        for flag, path in [*given.items(), ("--lora", args.lora)]:
+        for flag, path in [*given.items(), ("--lora", args.lora), ("--spatial", getattr(args, "spatial", None))]:
             if path is not None and not path.exists():
                 raise ForesightError(f"{flag} {path}: no such file or directory")
         return None
+    if getattr(args, "spatial", None) is not None:
+        raise ForesightError("--spatial (a DINOv2 folder) goes with real weights (--vlm, --decoder, --glue); a "
+                             "preset's hybrid encoder is its -hybrid variant")
     config = preset(args.preset or DEFAULT_PRESET)
     if not config.processor.tokenizer_vocab_size:  # the real model's shape: no seeded weights to run
         raise ForesightError(f"--preset {config.name} has no weights of its own (it is the real model's shape; "
@@ -79,5 +86,6 @@ def load_engine(args: argparse.Namespace, **engine_kwargs) -> Engine:
     if args.engine is not None:
         return Engine.load(args.engine, **engine_kwargs)
     if args.vlm is not None:
-        return Engine.from_pretrained(args.vlm, args.decoder, args.glue, lora=args.lora, **engine_kwargs)
+        return Engine.from_pretrained(args.vlm, args.decoder, args.glue, lora=args.lora,
+                                      spatial=getattr(args, "spatial", None), **engine_kwargs)
     return Engine.from_preset(args.preset or DEFAULT_PRESET, seed=args.seed_weights, **engine_kwargs)

@@ -14,15 +14,16 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor
 
+from .. import int8_linear
 from ..artifact import PROCESSOR_DIR, Manifest, verify, weights_file
 from ..backends import Backend
 from ..config import ModelConfig
 from ..device import resolve_device
 from ..errors import ArtifactError, ConfigError
-from ..models.export_spec import BuildShape
+from ..models.export_spec import BuildShape, denoise_ops_of
 from ..models.glp import GLPModel
 from ..models.weights import load_strict, read_safetensors
-from ..precision import COMPONENTS, PrecisionPolicy, apply_policy
+from ..precision import COMPONENTS, Precision, PrecisionPolicy, apply_policy
 from . import runners
 from .runners import BuiltStages, RunnerContext
 
@@ -40,7 +41,7 @@ def _typed_factors(manifest: Manifest) -> tuple[ModelConfig, PrecisionPolicy, Bu
     except (ConfigError, TypeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"rebuild needed: the manifest's factors do not describe a model this engine builds "
                             f"({type(exc).__name__}: {exc})") from None
-    expected = set(COMPONENTS)
+    expected = {c for c in COMPONENTS if c != "spatial_encoder" or config.spatial_encoder is not None}  # optional
     if set(manifest.components) != expected:
         raise ArtifactError(f"rebuild needed: the manifest lists components {sorted(manifest.components)}, this "
                             f"engine loads {sorted(expected)}")
@@ -63,6 +64,8 @@ def load_artifact(directory: str | Path, device: str | torch.device | None = Non
     apply_policy(model.components(), policy)
     for name, module in model.components().items():
         tensors, _ = read_safetensors(directory / weights_file(name))
+        if policy.of(name) == Precision.INT8:  # its calibrated Linears are stored quantized
+            int8_linear.shells(module, int8_linear.int8_layers(tensors))
         load_strict(module, tensors, f"artifact component {name}")
     model.to(device)
     context = RunnerContext(directory, device, model, shape, policy, manifest.factors.options)
@@ -70,7 +73,8 @@ def load_artifact(directory: str | Path, device: str | torch.device | None = Non
     built = None
     if entries:
         built = BuiltStages({name: runners.load(name, entry, context) for name, entry in entries.items()}, shape,
-                            {name: Backend(entry.backend) for name, entry in entries.items()})
+                            {name: Backend(entry.backend) for name, entry in entries.items()},
+                            denoise_ops_of(manifest.factors.options))
     log.info("loaded artifact %s (%s, %s) from %s onto %s", manifest.key[:12], manifest.factors.backend, policy.name,
              directory, device)
     return model, built, manifest

@@ -6,11 +6,14 @@ function the engine calls (tensors in, tensors out): the eager stage wrappers (`
 artifact (`Engine.load`), the functions its backend's runners load (`engine/runners/`). Around them:
 - after the prefill, the video branch (adapter -> denoise -> VAE) runs in a worker thread while the text branch
   decodes in the caller's thread (`overlap=True`), each on its own CUDA stream on a GPU (`streams.py`) and with
-  its own CPU thread count (`ThreadSplit`);
+  its own CPU thread count (`ThreadSplit`); with the hybrid encoder, DINOv2 encodes the conditioning image in a
+  third branch beside vision + prefill, and the video branch waits for it before the adapter;
 - stage locks make a small pipeline across requests: the next request's vision + prefill runs while the previous
   request's video is denoised; `max_queue_size` bounds the requests in flight (`QueueFull` beyond);
 - the denoising loop is `models/denoising.py`'s, with the velocity from the static plan (`static=True`), the
-  plain transformer forward (`static=False`, the eager reference) or a built stage; on CUDA it can be replayed as
+  plain transformer forward (`static=False`, the eager reference) or a built stage (a compile artifact's is the
+  static plan's whole step, compiled ahead of time: the loop runs it as its step program), all provided by the
+  config's decoder family (`models/families.py`: the engine never names one); on CUDA it can be replayed as
   one CUDA graph (`cuda_graphs=True`, `graphs.py`); the text decode runs on one preallocated KV cache
   (`models/kv_cache.py`) per request in flight;
 - `cancel(id)` and `timeout_s` are checked at every text token, every denoising step and, inside a step, before
@@ -39,7 +42,6 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, ContextManager, Itera
 
 import numpy as np
 import torch
-from diffusers.video_processor import VideoProcessor
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -50,7 +52,8 @@ from ..models import denoising
 from ..models.glp import GLPModel
 from ..models.interrupts import add_interruption_points, interruptible
 from ..models.kv_cache import KVCache, attention_span, decode_step, default_length
-from ..models.stages import AdapterStage, DecodeStage, PrefillStage, VAEDecodeStage, VisionStage
+from ..models.stages import AdapterStage, DecodeStage, PrefillStage, SpatialStage, VAEDecodeStage, VisionStage
+from ..models.static_velocity import step_program
 from ..models.video_geometry import VideoGeometry
 from ..models.vision_tower import VisionLayout
 from ..verify import verify
@@ -87,6 +90,7 @@ class PreparedRequest:
     image_grid_thw: torch.Tensor  # [n_images, 3]
     mm_token_type_ids: torch.Tensor  # [1, S]
     geometry: VideoGeometry  # the video's latent grid and RoPE scale, computed once
+    spatial_pixels: torch.Tensor | None = None  # [1, 3, S, S] DINOv2's input (the hybrid encoder only)
     actual: np.ndarray | None = None  # uint8 [F, H, W, 3]: what really happened, to verify the prediction against
 
 
@@ -141,6 +145,7 @@ class Engine:
         self.threads = threads or ThreadSplit()
         self._vision_tables: dict[tuple[int, int, int], tuple[torch.Tensor, ...]] = {}
         self.stages = self._stage_functions(built)
+        self.program: denoising.StepProgram = denoising.denoise_step  # how the loop runs one step
         self.velocity = self._velocity_model(built, static, step_cache)
         if cuda_graphs and not self.velocity.graphable:
             raise ConfigError("cuda_graphs=True needs a graph-safe denoising step; this artifact's denoise stage runs "
@@ -155,12 +160,12 @@ class Engine:
         for module in (model.video_decoder, model.vae):  # cancel/timeout land within one block of these
             add_interruption_points(module)
         model.to(self.device)  # weights move once, after the precision policy and every check
-        self._frame_processor = VideoProcessor(vae_scale_factor=self.config.vae.spatial_compression)
         self._registry = RequestRegistry(max_queue_size)
         self._caches = KVCachePool(self.new_cache, max_queue_size)
         self._front_lock = threading.Lock()  # vision + prefill: one request at a time
         self._video_lock = threading.Lock()  # adapter -> denoise -> VAE: one request at a time
         self._video_pool = ThreadPoolExecutor(max_workers=max_queue_size, thread_name_prefix="fe-video")
+        self._spatial_pool = ThreadPoolExecutor(max_workers=max_queue_size, thread_name_prefix="fe-spatial")
         self.streams = BranchStreams(self.device)
         self._graphs = GraphedDenoiser() if cuda_graphs else None
 
@@ -170,6 +175,8 @@ class Engine:
         functions = {"prefill": PrefillStage(m.backbone), "decode": DecodeStage(m.backbone),
                      "adapter": AdapterStage(m.adapter),
                      "vae_decode": VAEDecodeStage(m.vae, self.config.generation.decode_timestep)}
+        if m.spatial_encoder is not None:
+            functions["spatial"] = SpatialStage(m.spatial_encoder)
         functions |= {k: v for k, v in (built.functions if built else {}).items() if k not in ("vision", "denoise")}
         built_vision = built.functions.get("vision") if built else None
         # the vision stage takes one image and its grid's host tables; the eager one bakes in the grid's lengths
@@ -186,6 +193,11 @@ class Engine:
 
     def _velocity_model(self, built: BuiltStages | None, static: bool, step_cache: float | None):
         decoder = self.model.video_decoder
+        if built is not None and built.static_denoise:
+            # the built whole step runs each step; the static plan's `prepare` still makes its tables, with the
+            # custom ops (and so the table layout) the step was built with
+            self.program = step_program(built.functions["denoise"])
+            return decoder.static_velocity(decoder.transformer, ops=built.denoise_ops)
         if built is not None and "denoise" in built.functions:
             return decoder.stage_velocity(built.functions["denoise"], built.graphable("denoise"))
         return decoder.velocity_model(static, step_cache)
@@ -348,6 +360,7 @@ class Engine:
     def _execute(self, state: RequestState, request: PreparedRequest, past: ReusedPrefix | None,
                  cache: KVCache | None) -> tuple[Prediction, PrefillOutput]:
         timings = Timings()
+        spatial = self._spatial_branch(state, request, timings)  # beside vision + prefill (hybrid encoder only)
         with (torch.inference_mode(), state.holding(self._front_lock, "vision+prefill"),
               use_threads(self.threads.front), self.streams.front()):
             state.check()
@@ -359,7 +372,7 @@ class Engine:
             handoff = self.streams.handoff()
         if self.overlap:
             video = self._video_pool.submit(self._video_branch, state, request, prefill.world_latent, timings,
-                                            handoff)
+                                            handoff, spatial)
             try:
                 token_ids = self._text_branch(state, request, prefill, timings, handoff)
             except BranchAborted:
@@ -371,7 +384,8 @@ class Engine:
                 raise
             frames, video_latent = video.result()
         else:
-            frames, video_latent = self._video_branch(state, request, prefill.world_latent, timings, handoff)
+            frames, video_latent = self._video_branch(state, request, prefill.world_latent, timings, handoff,
+                                                      spatial)
             token_ids = self._text_branch(state, request, prefill, timings, handoff)
         verification = None
         if request.actual is not None:
@@ -384,8 +398,32 @@ class Engine:
                                 verification=verification)
         return prediction, prefill
 
+    def _spatial_branch(self, state: RequestState, request: PreparedRequest,
+                        timings: Timings) -> Callable[[], "torch.Tensor | None"]:
+        """The hybrid encoder's DINOv2 features as a call that waits for them: started now in a worker thread on
+        its own stream (`overlap`), else computed when first asked for (one stage after the other)."""
+        if request.spatial_pixels is None:
+            return lambda: None
+
+        def encode(threads: int) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
+            with (torch.inference_mode(), use_threads(threads), self.streams.branch("spatial"),
+                  _timed(timings, "spatial", state.started)):
+                features = self.spatial(request)
+            return features, self.streams.record("spatial")
+
+        def joined(result: tuple[torch.Tensor, "torch.cuda.Event | None"]) -> torch.Tensor:
+            features, done = result
+            self.streams.wait(done, features)  # the calling branch's stream waits for the spatial stream's work
+            return features
+
+        if not self.overlap:
+            return lambda: joined(encode(self.threads.front))
+        future = self._spatial_pool.submit(encode, self.threads.spatial)
+        return lambda: joined(future.result())
+
     def _video_branch(self, state: RequestState, request: PreparedRequest, world_latent: torch.Tensor,
-                      timings: Timings, handoff=None) -> tuple[np.ndarray, torch.Tensor]:
+                      timings: Timings, handoff=None,
+                      spatial: Callable[[], "torch.Tensor | None"] = lambda: None) -> tuple[np.ndarray, torch.Tensor]:
         try:
             threads = self.threads.video if self.overlap else self.threads.front
             guard = FiniteGuard()
@@ -393,8 +431,9 @@ class Engine:
                   self.streams.branch("video", handoff, world_latent), interruptible(state.check)):
                 state.check()
                 guard.watch("prefill", world_latent)
+                spatial_features = spatial()
                 with _timed(timings, "adapter", state.started):
-                    conditioning, conditioning_mask = self.adapt(world_latent)
+                    conditioning, conditioning_mask = self.adapt(world_latent, spatial_features)
                 guard.watch("adapter", conditioning)
                 generator = torch.Generator("cpu").manual_seed(request.settings.seed)  # CPU: same noise everywhere
 
@@ -462,9 +501,11 @@ class Engine:
         if prompt_tokens + max(s.max_new_tokens - 1, 0) > self.max_seq_len:  # the answer's last token is not fed
             raise PromptError(f"prompt of {prompt_tokens} tokens + max_new_tokens={s.max_new_tokens} does not fit "
                               f"this engine's KV cache of {self.max_seq_len} slots (Engine(max_seq_len=...))")
+        spatial = self.model.spatial_encoder
         return PreparedRequest(settings=s, images=pil, input_ids=enc["input_ids"], pixel_values=enc["pixel_values"],
                                image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=enc["mm_token_type_ids"],
-                               geometry=geometry, actual=actual_frames)
+                               geometry=geometry, actual=actual_frames,
+                               spatial_pixels=None if spatial is None else spatial.preprocess(pil[-1]))
 
     def vision(self, request: PreparedRequest, first_image: int = 0) -> torch.Tensor | None:
         """Visual tokens of images[first_image:]: [N_visual, D_vlm] (None when there are none). One vision-stage
@@ -496,35 +537,49 @@ class Engine:
         return PrefillOutput(logits=logits, world_latent=world_latent,
                              next_position=positions.amax(dim=(0, 2)) + 1, cache=cache)
 
-    def adapt(self, world_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.stages["adapter"](world_latent)
+    def spatial(self, request: PreparedRequest) -> torch.Tensor | None:
+        """DINOv2 features of the conditioning image [1, P, D] (None without the hybrid encoder)."""
+        if request.spatial_pixels is None:
+            return None
+        return self.stages["spatial"](request.spatial_pixels.to(self.device))
 
-    def initial_latents(self, request: PreparedRequest, generator: torch.Generator) -> torch.Tensor:
-        """Packed noisy latents [1, S, C] with the current image's latents on the first frame; RNG order (the VAE's
-        posterior sample, then the noise) follows diffusers' image-to-video pipeline, on a CPU generator."""
+    def adapt(self, world_latent: torch.Tensor,
+              spatial_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = (world_latent,) if spatial_features is None else (world_latent, spatial_features)
+        return self.stages["adapter"](*inputs)
+
+    def video_start(self, request: PreparedRequest, generator: torch.Generator) -> denoising.VideoStart:
+        """Where the denoising starts (`VideoStart`): the conditioning image pre-processed and encoded by the VAE,
+        then the decoder family's initial latents (and image condition); RNG order follows diffusers'
+        image-to-video pipeline, on a CPU generator."""
         s = request.settings
-        image = self._frame_processor.preprocess(request.images[-1], height=s.height, width=s.width)  # [1,3,H,W]
+        image = self.model.vae.preprocess(request.images[-1], s.height, s.width)  # [1, 3, H, W]
         image_latents = self.model.vae.encode_image(image.to(self.device), generator)  # [1, C, 1, h, w]
-        return request.geometry.initial_latents(image_latents, generator)
+        return self.model.video_decoder.start(request.geometry, image_latents, generator)
+
+    def start_denoising(self, request: PreparedRequest, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
+                        generator: torch.Generator) -> tuple[denoising.VelocityState, denoising.DenoiseLoop]:
+        """This engine's velocity model's per-request state and the loop, at the request's first step."""
+        s, geometry = request.settings, request.geometry
+        video = self.video_start(request, generator)
+        schedule = self.model.video_decoder.schedule(s.num_inference_steps, geometry.grid.num_tokens, self.device)
+        return denoising.start(self.velocity, geometry, video, conditioning, conditioning_mask, schedule,
+                               s.guidance_scale)
 
     def denoise(self, request: PreparedRequest, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
                 generator: torch.Generator, on_step: Callable[[int, int], None] | None = None,
                 exclusive: Callable[[], ContextManager] = nullcontext) -> torch.Tensor:
         """Packed latents [1, S, C] after every denoising step (`models/denoising.py`), replayed as one CUDA
         graph with `cuda_graphs=True` (captured inside `exclusive()` the first time a shape is seen)."""
-        s, geometry = request.settings, request.geometry
-        latents = self.initial_latents(request, generator)
-        schedule = self.model.video_decoder.schedule(s.num_inference_steps, geometry.grid.num_tokens, self.device)
-        state, loop = denoising.start(self.velocity, geometry, latents, geometry.pinned, conditioning,
-                                      conditioning_mask, schedule, s.guidance_scale)
+        state, loop = self.start_denoising(request, conditioning, conditioning_mask, generator)
         with tqdm(total=loop.num_steps, desc="denoise", disable=not self.progress, leave=False) as bar:
             def step(i: int, n: int) -> None:
                 bar.update(1)
                 if on_step is not None:
                     on_step(i, n)
             if self._graphs is None:
-                return denoising.denoise(self.velocity, state, loop, step)
-            latents = self._graphs.run(self.velocity, state, loop, exclusive)
+                return denoising.denoise(self.velocity, state, loop, step, self.program)
+            latents = self._graphs.run(self.velocity, state, loop, exclusive, self.program)
             for i in range(loop.num_steps):  # no host sync inside the graph: progress is reported after it
                 step(i + 1, loop.num_steps)
             return latents

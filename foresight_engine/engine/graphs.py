@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Iterable
 import torch
 
 from ..errors import DeviceUnavailable, GraphCaptureError
-from ..models.denoising import DenoiseLoop, VelocityModel, VelocityState, denoise
+from ..models.denoising import DenoiseLoop, StepProgram, VelocityModel, VelocityState, denoise, denoise_step
 from ..models.interrupts import interruptible
 
 
@@ -47,13 +47,14 @@ class GraphedDenoiser:
         return (id(model), loop.num_steps, loop.batch, loop.pinned, ops, shapes)
 
     def run(self, model: VelocityModel, state: VelocityState, loop: DenoiseLoop,
-            exclusive: Callable[[], ContextManager] = nullcontext) -> torch.Tensor:
+            exclusive: Callable[[], ContextManager] = nullcontext,
+            program: StepProgram = denoise_step) -> torch.Tensor:
         """The loop's final latents [1, S, C]; captures first when this shape is new (inside `exclusive()`)."""
         key = self._key(model, state, loop)
         with self._lock:
             if key not in self._graphs:
                 with exclusive():
-                    self._graphs[key] = (self._capture(model, state, loop), state, loop)
+                    self._graphs[key] = (self._capture(model, state, loop, program), state, loop)
             graph, static_state, static_loop = self._graphs[key]
             for dst, src in zip([*static_state.tensors(), *static_loop.tensors()], [*state.tensors(), *loop.tensors()]):
                 dst.copy_(src)
@@ -61,7 +62,8 @@ class GraphedDenoiser:
             return static_loop.latents.clone()
 
     @staticmethod
-    def _capture(model: VelocityModel, state: VelocityState, loop: DenoiseLoop) -> "torch.cuda.CUDAGraph":
+    def _capture(model: VelocityModel, state: VelocityState, loop: DenoiseLoop,
+                 program: StepProgram = denoise_step) -> "torch.cuda.CUDAGraph":
         # the first request's state and loop become the graph's static inputs; later requests are copied into them
         check_capturable([*model.weights(), *_named("state", state.tensors()), *_named("loop", loop.tensors())])
         if not model.graphable:
@@ -73,10 +75,10 @@ class GraphedDenoiser:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            denoise(model, state, loop)  # warm-up outside the graph (allocator, cuBLAS handles, lazy init)
+            denoise(model, state, loop, program=program)  # warm-up outside the graph (allocator, cuBLAS, lazy init)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"), interruptible(None):
-            denoise(model, state, loop)  # no interruption points inside a capture: a cancel lands after the replay
+            denoise(model, state, loop, program=program)  # no interruption points inside a capture: a cancel lands after the replay
         loop.latents.copy_(start)
         return graph

@@ -25,9 +25,10 @@ class ThreadSplit:
     front: int = CORES  # vision + prefill, and the whole step when overlap is off
     video: int = CORES  # adapter -> denoise -> VAE, overlapped with the text branch
     text: int = 1  # greedy decode (one-row matmuls: a second thread buys little)
+    spatial: int = 1  # the hybrid encoder's DINOv2, beside vision + prefill
 
     def __post_init__(self):
-        for name in ("front", "video", "text"):
+        for name in ("front", "video", "text", "spatial"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ThreadSplit.{name}={value!r} must be an integer >= 1")

@@ -1,7 +1,15 @@
-"""Conditioning adapter: a cross-attention query adapter that turns the world latent into LTX-Video conditioning.
+"""Conditioning adapter: a cross-attention query adapter that turns the world latent into the video decoder's
+conditioning.
 
-It takes the place of LTX-Video's T5 prompt encoder: L learned queries attend to the Q world-latent tokens and
-the result is projected to the transformer's caption channels. Output: [B, L, C] and an all-ones mask [B, L].
+It takes the place of the decoder's prompt encoder (LTX-Video's T5, HunyuanVideo-1.5's Qwen2.5-VL text states):
+L learned queries attend to the Q world-latent tokens and the result is projected to the decoder's conditioning
+channels. Output: [B, L, C] and an all-ones mask [B, L].
+
+With the hybrid encoder (`spatial_dim` set), DINOv2's P patch features of the conditioning image are normalised,
+projected to the adapter's width and concatenated to the world-latent tokens: the queries' cross-attention then
+reads Q + P keys, semantic and spatial. Token concatenation (not pooling or channel-wise fusion) keeps every
+patch addressable, so the layout the VLM's merger loses survives into the conditioning; the output shape, and
+so the decoder's interface, is unchanged.
 """
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import AdapterConfig
+from ..errors import InvalidInputError
 
 
 class _Block(nn.Module):
@@ -44,7 +53,7 @@ class _Block(nn.Module):
 
 
 class ConditioningAdapter(nn.Module):
-    def __init__(self, config: AdapterConfig, latent_dim: int, caption_channels: int):
+    def __init__(self, config: AdapterConfig, latent_dim: int, caption_channels: int, spatial_dim: int | None = None):
         super().__init__()
         self.config = config
         self.latent_in = nn.Linear(latent_dim, config.width)
@@ -53,11 +62,20 @@ class ConditioningAdapter(nn.Module):
                                     for _ in range(config.num_layers))
         self.norm_out = nn.LayerNorm(config.width)
         self.proj_out = nn.Linear(config.width, caption_channels)
+        self.spatial_in = None if spatial_dim is None else nn.Sequential(nn.LayerNorm(spatial_dim),
+                                                                        nn.Linear(spatial_dim, config.width))
 
-    def forward(self, world_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`world_latent` [B, Q, D_vlm] -> (conditioning [B, L, C], mask [B, L])."""
+    def forward(self, world_latent: torch.Tensor,
+                spatial_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`world_latent` [B, Q, D_vlm] (+ `spatial_features` [B, P, D_s] with the hybrid encoder) ->
+        (conditioning [B, L, C], mask [B, L])."""
         dtype = self.proj_out.weight.dtype
         latent = self.latent_in(world_latent.to(dtype))  # [B, Q, W]
+        if (self.spatial_in is None) != (spatial_features is None):
+            raise InvalidInputError("spatial_features are given exactly when the adapter has the hybrid encoder's "
+                                    f"input (it has {'none' if self.spatial_in is None else 'one'})")
+        if self.spatial_in is not None:
+            latent = torch.cat([latent, self.spatial_in(spatial_features.to(dtype))], 1)  # [B, Q + P, W]
         x = self.queries.unsqueeze(0).expand(latent.shape[0], -1, -1)  # [B, L, W]
         for block in self.blocks:
             x = block(x, latent)

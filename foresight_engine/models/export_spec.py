@@ -1,6 +1,12 @@
 """Export specs: for each stage, its tensor-only wrapper, input/output names, dynamic axes, sample inputs for a
 shape and a min/opt/max shape profile (what TensorRT's optimization profiles and the ONNX export consume).
-`export_specs(config)` is also the one vocabulary of stage names (`STAGES`).
+`export_specs(config)` is also the one vocabulary of stage names (`STAGES`); the video stages (`denoise`,
+`vae_decode`) come from the config's decoder family (`families.py`), `spatial` only with the hybrid encoder on.
+
+The `denoise` stage has two forms: one plain transformer forward (`DenoiseStage`: what ONNX and TensorRT build, run
+by the loop as a velocity), or, with `export_specs(config, denoise_ops=...)`, the static plan's whole step
+(`static_velocity.StaticStep`: velocity + guidance + Euler update in one graph, the step index a tensor, the
+number of steps a dynamic axis), which the compile backend builds ahead of time.
 
 Model code only: no onnx, tensorrt or builders imports here.
 """
@@ -14,13 +20,14 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .families import family
 from .kv_cache import default_length
-from .stages import AdapterStage, DecodeStage, DenoiseStage, PrefillStage, VAEDecodeStage, VisionStage
+from .stages import AdapterStage, DecodeStage, PrefillStage, SpatialStage, VAEDecodeStage, VisionStage
 from .video_geometry import VideoGeometry
 from .vision_tower import VisionLayout, image_grid
 
 Shape = tuple[int, ...]
-STAGES = ("vision", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
+STAGES = ("vision", "spatial", "prefill", "decode", "adapter", "denoise", "vae_decode")  # in run order
 PROMPT_TEXT_TOKENS = 32  # the chat template and a one-sentence prompt (Qwen2.5's tokenizer), besides the images
 
 
@@ -135,7 +142,8 @@ class ExportSpec:
     wrap: Callable[[Any, BuildShape], nn.Module]
     sampler: Callable[[BuildShape, torch.Generator], tuple[torch.Tensor, ...]]
     profiler: Callable[[BuildShape], dict[str, tuple[Shape, Shape, Shape]]]
-    cache_inputs: tuple[str, ...] = ()  # KV-cache inputs: kept in the component's dtype, never copied to fp32
+    # inputs kept in the component's dtype, never copied to fp32: KV caches, the static plan's tables
+    cache_inputs: tuple[str, ...] = ()
 
     def sample_inputs(self, shape: BuildShape, seed: int = 0,
                       cache_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
@@ -154,16 +162,35 @@ class ExportSpec:
                      if n in self.dynamic_axes else None for n in self.input_names)
 
 
-def _vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+def vae_stage(model, config: ModelConfig) -> VAEDecodeStage:
+    """The `vae_decode` stage wrapper of any family (refused for a VAE whose decode draws noise)."""
     if model.vae.timestep_conditioned:
         raise ConfigError("the VAE decode stage is built for VAEs without timestep conditioning (its decode draws "
                           "noise); this VAE has timestep_conditioning=True: build with --stages excluding vae_decode")
     return VAEDecodeStage(model.vae, config.generation.decode_timestep)
 
 
-def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
-    """The six stages of the stack, in run order."""
-    v, t, a, tr = config.vision, config.text, config.adapter, config.transformer
+def fixed_profile(sampler: Callable[[BuildShape, torch.Generator], tuple[torch.Tensor, ...]],
+                  names: tuple[str, ...]) -> Callable[[BuildShape], dict[str, tuple[Shape, Shape, Shape]]]:
+    """The profile of a fixed-shape stage: min = opt = max = its sample inputs' shapes."""
+    def profiler(s):
+        shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
+        return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
+    return profiler
+
+
+def vae_decode_spec(config: ModelConfig) -> ExportSpec:
+    """`vae_decode`: latents [1, C, f, h, w] -> video, for every family's VAE component."""
+    def vae_inputs(s, g):
+        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
+    return ExportSpec("vae_decode", "vae", ("latents",), ("video",), {}, lambda m, s: vae_stage(m, config),
+                      vae_inputs, fixed_profile(vae_inputs, ("latents",)))
+
+
+def export_specs(config: ModelConfig, denoise_ops: frozenset[str] | None = None) -> dict[str, ExportSpec]:
+    """Every stage of the stack, in run order (`STAGES`); `denoise_ops` (the custom ops the blocks call) selects
+    the family's static whole-step form of `denoise` (`family.static_step_spec`)."""
+    v, t, a = config.vision, config.text, config.adapter
     patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
     max_prompt = config.processor.max_prompt_tokens
     past = 3  # cached prefix of the prefill's sample inputs (torch.export specialises sizes 0 and 1)
@@ -186,32 +213,22 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
         return (torch.randint(0, t.vocab_size, (1, 1), generator=g), torch.tensor([n]),
                 torch.randn(cache, generator=g), torch.randn(cache, generator=g), torch.tensor(n))
 
-    def denoise_inputs(s, g):
-        geometry = s.geometry(config)
-        grid = geometry.grid
-        b, n = s.batch, grid.num_tokens
-        timestep = torch.full((b, n), 500.0)
-        timestep[:, : geometry.pinned] = 0.0  # the conditioned first frame
-        return (torch.randn(b, n, grid.token_channels, generator=g),
-                torch.randn(b, a.num_tokens, tr.caption_channels, generator=g),
-                torch.ones(b, a.num_tokens, dtype=torch.long), timestep)
+    hybrid = config.spatial_encoder
+    adapter_names = ("world_latent",) + (("spatial_features",) if hybrid else ())
 
-    def vae_inputs(s, g):
-        return (torch.randn(s.geometry(config).latent_shape, generator=g),)
+    def adapter_inputs(s, g):
+        world = (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),)
+        return world + ((torch.randn(1, hybrid.num_patches, hybrid.hidden_size, generator=g),) if hybrid else ())
 
-    def fixed(sampler, names):
-        def profiler(s):
-            shapes = [tuple(x.shape) for x in sampler(s, torch.Generator().manual_seed(0))]
-            return {name: (sh, sh, sh) for name, sh in zip(names, shapes)}
-        return profiler
+    def spatial_inputs(s, g):
+        return (torch.randn(1, 3, hybrid.crop_size, hybrid.crop_size, generator=g),)
 
     vision_names = ("pixel_values", *VisionLayout.TENSORS)
     decode_names = ("token_ids", "position", "keys", "values", "slot")
-    denoise_names = ("latents", "conditioning", "conditioning_mask", "timestep")
     specs = [
         ExportSpec("vision", "vision_tower", vision_names, ("image_embeds",), {},
                    lambda m, s: VisionStage.for_layout(m.vision_tower, s.vision_layout(config)), vision_inputs,
-                   fixed(vision_inputs, vision_names)),
+                   fixed_profile(vision_inputs, vision_names)),
         ExportSpec("prefill", "backbone", ("embeds", "position_ids", "past_keys", "past_values"),
                    ("logits", "world_latent", "keys", "values"),
                    {"embeds": {1: "prompt"}, "position_ids": {2: "prompt"}, "past_keys": {3: "past"},
@@ -223,19 +240,33 @@ def export_specs(config: ModelConfig) -> dict[str, ExportSpec]:
                               **{name: (kv(0), kv(0), kv(max_prompt - 1)) for name in ("past_keys", "past_values")}},
                    cache_inputs=("past_keys", "past_values")),
         ExportSpec("decode", "backbone", decode_names, ("logits", "new_keys", "new_values"), {},
-                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed(decode_inputs, decode_names),
+                   lambda m, s: DecodeStage(m.backbone), decode_inputs, fixed_profile(decode_inputs, decode_names),
                    cache_inputs=("keys", "values")),
-        ExportSpec("adapter", "adapter", ("world_latent",), ("conditioning", "conditioning_mask"), {},
-                   lambda m, s: AdapterStage(m.adapter),
-                   lambda s, g: (torch.randn(1, a.num_query_tokens, t.hidden_size, generator=g),),
-                   fixed(lambda s, g: (torch.zeros(1, a.num_query_tokens, t.hidden_size),), ("world_latent",))),
-        ExportSpec("denoise", "video_decoder", denoise_names, ("velocity",), {},
-                   lambda m, s: DenoiseStage(m.video_decoder, s.geometry(config)), denoise_inputs,
-                   fixed(denoise_inputs, denoise_names)),
-        ExportSpec("vae_decode", "vae", ("latents",), ("video",), {},
-                   lambda m, s: _vae_stage(m, config), vae_inputs, fixed(vae_inputs, ("latents",))),
+        ExportSpec("adapter", "adapter", adapter_names, ("conditioning", "conditioning_mask"), {},
+                   lambda m, s: AdapterStage(m.adapter), adapter_inputs,
+                   fixed_profile(adapter_inputs, adapter_names)),
+        *family(config).export_specs(config),
     ]
-    return {spec.name: spec for spec in specs}
+    if hybrid:
+        specs.insert(1, ExportSpec("spatial", "spatial_encoder", ("pixel_values",), ("spatial_features",), {},
+                                   lambda m, s: SpatialStage(m.spatial_encoder), spatial_inputs,
+                                   fixed_profile(spatial_inputs, ("pixel_values",))))
+    specs = {spec.name: spec for spec in specs}
+    if denoise_ops is not None:
+        static_step_spec = family(config).static_step_spec
+        if static_step_spec is None:
+            raise ConfigError(f"the {config.decoder.family} decoder family has no static whole-step denoise stage "
+                              f"(denoise_ops={sorted(denoise_ops)})")
+        specs["denoise"] = static_step_spec(config, denoise_ops)
+    return specs
 
 
-__all__ = ["BuildShape", "ExportSpec", "STAGES", "export_specs"]
+def denoise_ops_of(options: "dict[str, Any] | Any") -> frozenset[str] | None:
+    """The custom ops a built static `denoise` step calls, from an artifact's backend options (None: the plain
+    one-forward form)."""
+    ops = options.get("denoise_ops")
+    return None if ops is None else frozenset(ops)
+
+
+__all__ = ["BuildShape", "ExportSpec", "STAGES", "denoise_ops_of", "export_specs", "fixed_profile", "vae_decode_spec",
+           "vae_stage"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from .adapter import ConditioningAdapter
 from .backbone import Backbone
-from .vae import VideoVAE
+from .spatial_encoder import SpatialEncoder
 from .video_decoder import VideoDecoder
 from .video_geometry import VideoGeometry
 from .vision_tower import VisionLayout, VisionTower
@@ -39,6 +39,17 @@ class VisionStage(nn.Module):
                 sin: torch.Tensor) -> torch.Tensor:
         return self.tower(pixel_values, window_index, reverse_index, cu_window_seqlens, cu_seqlens, cos, sin,
                           max_window_seqlen=self.max_window_seqlen, max_seqlen=self.max_seqlen)
+
+
+class SpatialStage(nn.Module):
+    """pixel_values [B, 3, S, S] (the conditioning image, DINOv2's pre-processing) -> spatial features [B, P, D]."""
+
+    def __init__(self, encoder: SpatialEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values)
 
 
 class PrefillStage(nn.Module):
@@ -70,18 +81,19 @@ class DecodeStage(nn.Module):
 
 
 class AdapterStage(nn.Module):
-    """world_latent [B, Q, D] -> conditioning [B, L, C], mask [B, L]."""
+    """world_latent [B, Q, D] (+ spatial features [B, P, D_s] with the hybrid encoder) -> conditioning [B, L, C],
+    mask [B, L]."""
 
     def __init__(self, adapter: ConditioningAdapter):
         super().__init__()
         self.adapter = adapter
 
-    def forward(self, world_latent: torch.Tensor):
-        return self.adapter(world_latent)
+    def forward(self, world_latent: torch.Tensor, spatial_features: torch.Tensor | None = None):
+        return self.adapter(world_latent, spatial_features)
 
 
 class DenoiseStage(nn.Module):
-    """ONE denoising step at a fixed geometry: latents [B, S, C], conditioning [B, L, C_cond],
+    """LTX-Video's ONE denoising step at a fixed geometry: latents [B, S, C], conditioning [B, L, C_cond],
     conditioning_mask [B, L], timestep [B, S] -> velocity [B, S, C] (fp32)."""
 
     def __init__(self, decoder: VideoDecoder, geometry: VideoGeometry):
@@ -95,13 +107,15 @@ class DenoiseStage(nn.Module):
 
 
 class VAEDecodeStage(nn.Module):
-    """Normalised latents [B, C, f, h, w] (+ noise of that shape for a timestep-conditioned VAE) -> video
-    [B, 3, F, H, W] in [-1, 1] (fp32)."""
+    """Latents [B, C, f, h, w] (+ noise of that shape for a timestep-conditioned VAE) -> video [B, 3, F, H, W] in
+    [-1, 1] (fp32). Any family's VAE component."""
 
-    def __init__(self, vae: VideoVAE, decode_timestep: float = 0.0):
+    def __init__(self, vae: nn.Module, decode_timestep: float = 0.0):
         super().__init__()
         self.vae = vae
         self.decode_timestep = decode_timestep
 
     def forward(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            return self.vae.decode(latents)
         return self.vae.decode(latents, noise, self.decode_timestep)

@@ -1,6 +1,6 @@
 """The static plan: LTX-Video's velocity with every per-request invariant computed once, fixed shapes.
 
-The plain transformer forward (`video_decoder.StepVelocity`, the reference) recomputes per step what does not
+The plain transformer forward (`denoising.StepVelocity`, the reference) recomputes per step what does not
 change across steps. `StaticVelocity.prepare` computes it once per request (`DenoisePlan`):
 - the timestep embeddings of every step (and of t=0 for the pinned first frame), folded into each block's
   adaptive-norm table: [N + 1, 6, D] per block, [N + 1, 2, D] for the output norm;
@@ -13,18 +13,22 @@ read (an interruption point before each block checks a host flag only: `interrup
 An optional first-block cache (`step_cache`): when the first block's residual changed less than the threshold
 (relative mean absolute change) since the last fully computed step, the other blocks are skipped and their last
 residual is reused. It reads one number per step (a host sync), so it is not graphable.
+
+`StaticStep` is `denoising.denoise_step` over this plan as one module of tensors (the step index a tensor too):
+what the compile backend exports and compiles ahead of time as its `denoise` stage, so one graph holds the whole
+step (velocity, guidance, Euler update); `step_program` runs such a compiled step inside the shared loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from torch.nn import functional as F
 
 from .. import kernels
-from .denoising import Schedule
+from .denoising import DenoiseLoop, Index, Schedule, StepProgram, at, denoise_step
 from .interrupts import interruption_point
 from .video_geometry import VideoGeometry
 
@@ -46,27 +50,47 @@ class DenoisePlan:
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block K, V [B, H, L, d]
     cross_bias: torch.Tensor  # [B, 1, 1, L] additive mask
     ops: frozenset[str] = frozenset()  # custom ops the blocks call (foresight_engine.kernels, wired on this device)
-    step_cache: "_FirstBlockCache | None" = None
+    step_cache: "FirstBlockCache | None" = None
     cache_stats: StepCacheStats = field(default_factory=StepCacheStats)
 
     def tensors(self) -> list[torch.Tensor]:
         flat = [self.token_is_pinned, *self.block_ada, self.out_ada, *self.rope, self.cross_bias]
         return flat + [t for kv in self.cross_kv for t in kv]
 
+    @classmethod
+    def of_tensors(cls, flat: "list[torch.Tensor] | tuple[torch.Tensor, ...]", ops: frozenset[str]) -> "DenoisePlan":
+        """The plan whose `tensors()` are `flat` (5 + 3 * blocks of them)."""
+        blocks = (len(flat) - 5) // 3
+        kv = flat[5 + blocks:]
+        return cls(token_is_pinned=flat[0], block_ada=list(flat[1:1 + blocks]), out_ada=flat[1 + blocks],
+                   rope=(flat[2 + blocks], flat[3 + blocks]), cross_bias=flat[4 + blocks],
+                   cross_kv=[(kv[2 * j], kv[2 * j + 1]) for j in range(blocks)], ops=ops)
 
-class StaticVelocity:
-    """The velocity of an LTX-Video transformer from a `DenoisePlan` (its weights, shared, nothing copied)."""
 
-    def __init__(self, transformer: torch.nn.Module, step_cache: float | None = None):
+class TransformerVelocity:
+    """The base of a family's static velocity model: the transformer whose weights it reads (shared, nothing
+    copied) and the optional first-block step cache threshold (a cached loop is not graphable: it decides on the
+    host whether to skip)."""
+
+    def __init__(self, transformer: torch.nn.Module, step_cache: float | None = None,
+                 ops: frozenset[str] | None = None):
+        """`ops`: the custom ops the blocks call (default: those wired on the plan's device); a built step fixes
+        them (its rope table layout depends on them)."""
         self.transformer = transformer
         self.step_cache = step_cache
+        self.ops = ops
         self.graphable = step_cache is None
 
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.transformer.state_dict(keep_vars=True).items()
 
+
+class StaticVelocity(TransformerVelocity):
+    """The velocity of an LTX-Video transformer from a `DenoisePlan`."""
+
     def prepare(self, geometry: VideoGeometry, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
-                schedule: Schedule) -> DenoisePlan:
+                schedule: Schedule, image_condition: torch.Tensor | None = None) -> DenoisePlan:
+        # LTX-Video conditions on the image through the pinned first frame: `image_condition` is always None
         tr = self.transformer
         dtype, device = tr.dtype, conditioning.device
         batch, grid = conditioning.shape[0], geometry.grid
@@ -79,7 +103,7 @@ class StaticVelocity:
         out_ada = tr.scale_shift_table + embedded.view(-1, 1, d)
         probe = torch.empty((batch, s, 1), dtype=dtype, device=device)  # rope reads batch size and device only
         rope = tr.rope(probe, grid.frames, grid.height, grid.width, geometry.rope_scale)
-        ops = kernels.wired_ops(device)
+        ops = kernels.wired_ops(device) if self.ops is None else self.ops
         if "rmsnorm_rope" in ops:
             rope = kernels.compact_rope(*rope)  # what the fused op reads: one angle per pair
         caption = tr.caption_projection(conditioning.to(dtype))  # [B, L, D]
@@ -94,10 +118,10 @@ class StaticVelocity:
         plan = DenoisePlan(token_is_pinned=token_is_pinned, block_ada=block_ada, out_ada=out_ada, rope=rope,
                            cross_kv=cross_kv, cross_bias=cross_bias, ops=ops)
         if self.step_cache is not None:
-            plan.step_cache = _FirstBlockCache(self.step_cache, plan.cache_stats)
+            plan.step_cache = FirstBlockCache(self.step_cache, plan.cache_stats)
         return plan
 
-    def velocity(self, plan: DenoisePlan, latents: torch.Tensor, i: int) -> torch.Tensor:
+    def velocity(self, plan: DenoisePlan, latents: torch.Tensor, i: Index) -> torch.Tensor:
         tr = self.transformer
         h_in = tr.proj_in(latents.to(tr.dtype))  # [B, S, D]
         blocks = tr.transformer_blocks
@@ -116,9 +140,9 @@ class StaticVelocity:
         return tr.proj_out(tr.norm_out(h) * (1 + scale) + shift).float()  # [B, S, C]
 
     @staticmethod
-    def _ada(plan: DenoisePlan, table: torch.Tensor, i: int) -> torch.Tensor:
+    def _ada(plan: DenoisePlan, table: torch.Tensor, i: Index) -> torch.Tensor:
         """Per-token modulation for step `i`: the pinned frame at t=0, the rest at t_i. [1, S, k, D]"""
-        return torch.where(plan.token_is_pinned, table[-1], table[i])
+        return torch.where(plan.token_is_pinned, table[-1], at(table, i))
 
     @staticmethod
     def _block(blk, h: torch.Tensor, ada: torch.Tensor, rope, cross_kv, cross_bias,
@@ -156,7 +180,32 @@ class StaticVelocity:
         return norm(h) * (1 + scale) + shift
 
 
-class _FirstBlockCache:
+class StaticStep(torch.nn.Module):
+    """`denoising.denoise_step` over an LTX-Video `DenoisePlan`, as a module of tensors with the loop's shape baked in (batch:
+    2 with guidance; pinned tokens). latents [1, S, C] fp32, step [] int64, step_sizes [N] fp32, guidance [] fp32,
+    then the plan's `tensors()` -> the latents after step `step` [1, S, C] fp32 (a new tensor: the input stays)."""
+
+    def __init__(self, transformer: torch.nn.Module, batch: int, pinned: int, ops: frozenset[str]):
+        super().__init__()
+        self.transformer = transformer
+        self.velocity = StaticVelocity(transformer, ops=ops)
+        self.batch, self.pinned, self.ops = batch, pinned, ops
+
+    def forward(self, latents: torch.Tensor, step: torch.Tensor, step_sizes: torch.Tensor, guidance: torch.Tensor,
+                *plan: torch.Tensor) -> torch.Tensor:
+        loop = DenoiseLoop(latents.clone(), step_sizes, guidance, self.pinned, self.batch)
+        denoise_step(self.velocity, DenoisePlan.of_tensors(plan, self.ops), loop, step)
+        return loop.latents
+
+
+def step_program(step: "Callable[..., torch.Tensor]") -> StepProgram:
+    """The loop program of a compiled `StaticStep` (same signature): step i of the shared loop, in place."""
+    def program(model, plan: DenoisePlan, loop: DenoiseLoop, i: int) -> None:
+        loop.latents.copy_(step(loop.latents, loop.steps[i], loop.step_sizes, loop.guidance, *plan.tensors()))
+    return program
+
+
+class FirstBlockCache:
     """First-block cache state of one request's loop."""
 
     def __init__(self, threshold: float, stats: StepCacheStats):
@@ -183,4 +232,5 @@ class _FirstBlockCache:
         self.stats.computed += 1
 
 
-__all__ = ["DenoisePlan", "StaticVelocity", "StepCacheStats"]
+__all__ = ["DenoisePlan", "FirstBlockCache", "StaticStep", "StaticVelocity", "StepCacheStats",
+           "TransformerVelocity", "step_program"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKLLTXVideo
+from diffusers.video_processor import VideoProcessor
+from PIL import Image
 from torch import nn
 
 from ..config import VAEConfig
@@ -26,6 +28,12 @@ class VideoVAE(nn.Module):
     def __init__(self, vae: AutoencoderKLLTXVideo):
         super().__init__()
         self.vae = vae
+        self._processor = VideoProcessor(vae_scale_factor=vae.spatial_compression_ratio)
+
+    def preprocess(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
+        """The conditioning image as the image-to-video pipeline feeds it: resized to [1, 3, height, width] in
+        [-1, 1] (host side; fp32)."""
+        return self._processor.preprocess(image, height=height, width=width)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -6,24 +6,21 @@
 - `StepVelocity` over a built `denoise` stage (fixed to the geometry it was built for),
 - `static_velocity.StaticVelocity` (per-request invariants precomputed once).
 The schedule is a plain table (no scheduler state), so concurrent requests cannot step each other's scheduler.
+The conditioned first frame is pinned: its tokens start as the image's latents and never move (timestep 0).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
-from torch import nn
 
 from ..config import SchedulerConfig, TransformerConfig
-from .denoising import Schedule, VelocityModel
+from .denoising import Schedule, StepFn, VideoStart
+from .families import TransformerDecoder
 from .static_velocity import StaticVelocity
 from .video_geometry import VideoGeometry
-
-StepFn = Callable[..., "tuple[torch.Tensor, ...] | torch.Tensor"]
 
 
 def transformer_kwargs(config: TransformerConfig) -> dict:
@@ -41,15 +38,11 @@ def scheduler_kwargs(config: SchedulerConfig) -> dict:
                 shift_terminal=0.1)
 
 
-class VideoDecoder(nn.Module):
-    def __init__(self, transformer: LTXVideoTransformer3DModel, scheduler: SchedulerConfig):
-        super().__init__()
-        self.transformer = transformer
-        self.scheduler_config = scheduler
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+class VideoDecoder(TransformerDecoder):
+    transformer: LTXVideoTransformer3DModel
+    scheduler_config: SchedulerConfig
+    static_velocity = StaticVelocity
+    reference_graphable = True
 
     def schedule(self, num_steps: int, num_tokens: int, device: torch.device | str = "cpu") -> Schedule:
         """Sigmas linear in [1, 1/N], shifted by the sequence length (LTX-Video's dynamic shift); on `device`."""
@@ -64,6 +57,15 @@ class VideoDecoder(nn.Module):
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
         return Schedule(timesteps=sched.timesteps.float(), sigmas=sched.sigmas.float()).to(device)
 
+    def start(self, geometry: VideoGeometry, image_latents: torch.Tensor, generator: torch.Generator) -> VideoStart:
+        """Packed noisy latents [1, S, C'] (fp32) with `image_latents` [1, C, 1, h, w] on the (pinned) first frame;
+        the noise is drawn after the VAE's posterior sample (diffusers' image-to-video order)."""
+        noise = geometry.noise(generator, image_latents.device)
+        first = torch.zeros((1, 1, geometry.grid.frames, 1, 1), device=image_latents.device)
+        first[:, :, 0] = 1.0
+        latents = image_latents.float().expand(geometry.latent_shape) * first + noise * (1 - first)
+        return VideoStart(geometry.grid.pack(latents))
+
     def forward(self, latents: torch.Tensor, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
                 timestep: torch.Tensor, geometry: VideoGeometry) -> torch.Tensor:
         """One denoising step: tokens [B, S, C_lat], conditioning [B, L, C_cond], per-token timestep [B, S]
@@ -75,56 +77,16 @@ class VideoDecoder(nn.Module):
                                rope_interpolation_scale=geometry.rope_scale, return_dict=False)[0]
         return out.float()
 
-    def velocity_model(self, static: bool = True, step_cache: float | None = None) -> VelocityModel:
-        """The eager ways to compute the velocity: the static plan (`static`, optionally with the first-block step
-        cache) or the plain transformer forward (the eager reference)."""
-        if static:
-            return StaticVelocity(self.transformer, step_cache)
-        return StepVelocity(lambda geometry: partial(self, geometry=geometry), graphable=True,
-                            weights=lambda: self.transformer.state_dict(keep_vars=True).items())
+    def reference_step(self, geometry: VideoGeometry) -> StepFn:
+        """The eager reference: the plain transformer forward (graph-safe)."""
+        return partial(self, geometry=geometry)
 
     @staticmethod
-    def stage_velocity(stage: StepFn, graphable: bool) -> "StepVelocity":
-        """The velocity of a built `denoise` stage (fixed to its build geometry: the engine refuses others)."""
-        return StepVelocity(lambda geometry: stage, graphable=graphable)
+    def timestep_table(geometry: VideoGeometry, schedule: Schedule, batch: int,
+                       device: torch.device) -> torch.Tensor:
+        """[N, B, S]: step i's timestep on every moving token, 0 on the pinned first frame."""
+        moving = 1 - geometry.first_frame_mask(device)  # [1, S]
+        return (schedule.timesteps.view(-1, 1, 1) * moving).expand(-1, batch, -1).contiguous()
 
 
-@dataclass
-class StepState:
-    """What a one-step function reads besides the latents: conditioning and every step's per-token timestep."""
-
-    step: StepFn
-    conditioning: torch.Tensor  # [B, L, C]
-    conditioning_mask: torch.Tensor  # [B, L]
-    timesteps: torch.Tensor  # [N, B, S]: step i's timestep, 0 on the pinned first frame
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.conditioning, self.conditioning_mask, self.timesteps]
-
-
-class StepVelocity:
-    """Velocity from a one-step function `(latents, conditioning, mask, timestep) -> velocity` made for a request's
-    geometry: the transformer's own forward (the eager reference) or a built stage."""
-
-    def __init__(self, step_for: Callable[[VideoGeometry], StepFn], graphable: bool,
-                 weights: Callable[[], Iterable[tuple[str, torch.Tensor]]] = lambda: ()):
-        self.step_for = step_for
-        self.graphable = graphable
-        self._weights = weights
-
-    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
-        return self._weights()
-
-    def prepare(self, geometry: VideoGeometry, conditioning: torch.Tensor, conditioning_mask: torch.Tensor,
-                schedule: Schedule) -> StepState:
-        batch = conditioning.shape[0]
-        moving = 1 - geometry.first_frame_mask(conditioning.device)  # [1, S]
-        timesteps = (schedule.timesteps.view(-1, 1, 1) * moving).expand(-1, batch, -1).contiguous()  # [N, B, S]
-        return StepState(self.step_for(geometry), conditioning, conditioning_mask, timesteps)
-
-    def velocity(self, state: StepState, latents: torch.Tensor, i: int) -> torch.Tensor:
-        out = state.step(latents, state.conditioning, state.conditioning_mask, state.timesteps[i])
-        return (out[0] if isinstance(out, (tuple, list)) else out).float()
-
-
-__all__ = ["StepState", "StepVelocity", "VideoDecoder", "scheduler_kwargs", "transformer_kwargs"]
+__all__ = ["VideoDecoder", "scheduler_kwargs", "transformer_kwargs"]

@@ -1,7 +1,8 @@
-"""The video model's geometry: latent grid, RoPE scale and a request's initial latents (image-to-video).
+"""The video model's geometry: latent grid, RoPE scale and the pinned (never denoised) leading tokens.
 
 Computed once per request (`Engine.prepare` puts it on the prepared request) and by builders for the shape they
-specialise stages to (`BuildShape.geometry`): one function, so a built stage and a request agree or are refused.
+specialise stages to (`BuildShape.geometry`): one function, `VideoGeometry.of`, which asks the config's decoder
+family (`families.py`), so a built stage and a request agree or are refused.
 """
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ class LatentGrid:
     channels: int
     patch: int = 1
     patch_t: int = 1
+
+    @classmethod
+    def of(cls, decoder, height: int, width: int, num_frames: int) -> "LatentGrid":
+        """The grid a decoder section (`config.decoder`: its `vae` compression, its `transformer` patch) makes of a
+        video of that size."""
+        vae, tr = decoder.vae, decoder.transformer
+        return cls(frames=(num_frames - 1) // vae.temporal_compression + 1, height=height // vae.spatial_compression,
+                   width=width // vae.spatial_compression, channels=vae.latent_channels, patch=tr.patch_size,
+                   patch_t=tr.patch_size_t)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -52,7 +62,9 @@ class LatentGrid:
 
 @dataclass(frozen=True)
 class VideoGeometry:
-    """One video request as LTX-Video sees it: its pixel shape and frame rate, the latent grid and RoPE scale."""
+    """One video request as its decoder family sees it: pixel shape and frame rate, the latent grid, the RoPE scale
+    (LTX-Video's; (1, 1, 1) where the family has none) and the leading tokens that are never denoised (LTX-Video
+    pins the conditioned first frame; HunyuanVideo-1.5 denoises every frame, conditioned through its input)."""
 
     height: int
     width: int
@@ -60,16 +72,12 @@ class VideoGeometry:
     frame_rate: int
     grid: LatentGrid
     rope_scale: tuple[float, float, float]
+    pinned: int  # leading tokens that never move (patch_t == 1 puts the first frame's first)
 
     @classmethod
     def of(cls, config: ModelConfig, height: int, width: int, num_frames: int, frame_rate: int) -> "VideoGeometry":
-        vae, tr = config.vae, config.transformer
-        grid = LatentGrid(frames=(num_frames - 1) // vae.temporal_compression + 1,
-                          height=height // vae.spatial_compression, width=width // vae.spatial_compression,
-                          channels=vae.latent_channels, patch=tr.patch_size, patch_t=tr.patch_size_t)
-        rope_scale = (vae.temporal_compression / frame_rate, float(vae.spatial_compression),
-                      float(vae.spatial_compression))
-        return cls(height, width, num_frames, frame_rate, grid, rope_scale)
+        from .families import family  # the family modules import this one
+        return family(config).geometry(config, height, width, num_frames, frame_rate)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int, int]:
@@ -77,25 +85,14 @@ class VideoGeometry:
         g = self.grid
         return (1, g.channels, g.frames, g.height, g.width)
 
-    @property
-    def pinned(self) -> int:
-        """Leading tokens of the conditioned first frame: never updated (patch_t == 1 puts them first)."""
-        return self.grid.tokens_per_frame
-
     def first_frame_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[1, S] float: 1 on the conditioned first frame's tokens."""
+        """[1, S] float: 1 on the pinned tokens."""
         return (torch.arange(self.grid.num_tokens, device=device) < self.pinned).float().unsqueeze(0)
 
-    def initial_latents(self, image_latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Packed noisy latents [1, S, C'] (fp32) with `image_latents` [1, C, 1, h, w] on the first frame. The noise is
-        drawn on `generator` (a CPU generator, after the VAE's posterior sample: diffusers' image-to-video order)
-        and then moved to the latents' device, so a seed gives the same video on every device up to precision."""
-        device = image_latents.device
-        noise = torch.randn(self.latent_shape, generator=generator).to(device)
-        first = torch.zeros((1, 1, self.grid.frames, 1, 1), device=device)
-        first[:, :, 0] = 1.0
-        latents = image_latents.float().expand(self.latent_shape) * first + noise * (1 - first)
-        return self.grid.pack(latents)
+    def noise(self, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+        """Unpacked Gaussian noise [1, C, f, h, w] (fp32) drawn on `generator` (a CPU generator, as diffusers'
+        pipelines draw it) and then moved to `device`, so a seed gives the same video on every device."""
+        return torch.randn(self.latent_shape, generator=generator).to(device)
 
 
 __all__ = ["LatentGrid", "VideoGeometry"]

@@ -53,6 +53,14 @@ class BuiltStages:
     functions: Mapping[str, StageFn]
     shape: BuildShape
     backends: Mapping[str, Backend]  # stage -> the backend that built it
+    denoise_ops: frozenset[str] | None = None  # a static `denoise` step's custom ops (None: the plain form)
+
+    @property
+    def static_denoise(self) -> bool:
+        """Whether the built `denoise` stage is the static plan's whole step (`StaticStep`): built by a backend that
+        builds it so, for a family that has it (the build then records its ops)."""
+        return ("denoise" in self.functions and self.backends["denoise"].spec.static_denoise
+                and self.denoise_ops is not None)
 
     def graphable(self, stage: str) -> bool:
         """Whether a CUDA graph may capture calls of built `stage`."""

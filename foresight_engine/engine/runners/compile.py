@@ -1,24 +1,31 @@
-"""torch.compile runner: CPU artifacts hold the compile options, not compiled code; the stage wrapper is compiled
-here, lazily at its first call (fixed shapes: one compile per stage)."""
+"""Compile runner: a built stage is an AOTInductor package (`<component>/<stage>.pt2`: torch.export of the stage
+wrapper, compiled ahead of time with the weights frozen in), loaded with `aoti_load_package`: no tracing, no
+compilation at load. The `denoise` stage is the static plan's whole step (`StaticStep`)."""
 from __future__ import annotations
 
 import torch
 
 from ...artifact import StageEntry
-from ...models.export_spec import export_specs
+from ...errors import ArtifactError
+from ...models.export_spec import denoise_ops_of, export_specs
 from . import RunnerContext, StageFn
 
 
 def load(stage: str, entry: StageEntry, context: RunnerContext) -> StageFn:
-    spec = export_specs(context.model.config)[stage]
-    options = {k: context.options[k] for k in ("fullgraph", "dynamic", "mode")}
-    compiled = torch.compile(spec.wrap(context.model, context.shape).eval(), **options)
+    ops = denoise_ops_of(context.options) if stage == "denoise" else None
+    spec = export_specs(context.model.config, ops)[stage]
+    if entry.file is None:
+        raise ArtifactError(f"rebuild needed: compile stage {stage} has no package (an artifact from before "
+                            "ahead-of-time packages)")
+    index = -1 if context.device.index is None else context.device.index  # -1: the current CUDA device / the CPU
+    package = torch._inductor.aoti_load_package(str(context.directory / entry.file), device_index=index)
     cache_dtype = context.policy.dtype(spec.component)
 
     def run(*inputs: torch.Tensor):
-        # one dtype per input whatever the caller's precision (a compiled stage guards on dtype and strides):
-        # floating inputs in fp32, the KV cache in the component's own dtype (never copied to fp32)
+        # the dtypes the package was exported with: floating inputs in fp32, the KV cache and the plan's tables in
+        # the component's own dtype (never copied to fp32)
         canonical = [(x.to(cache_dtype) if name in spec.cache_inputs else x.float() if x.is_floating_point() else x)
                      .contiguous() for name, x in zip(spec.input_names, inputs)]
-        return compiled(*canonical)
+        out = package(*canonical)
+        return tuple(out) if isinstance(out, list) else out
     return run
